@@ -1,0 +1,51 @@
+# Two commands on a fresh machine: `make run` and `make test`. Everything else they need
+# (the virtualenv, Python packages, PostgreSQL, the Kafka broker's jars) is set up here.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: help install run test lint format services stop status clean
+
+help:
+	@echo "make run      start PostgreSQL + Kafka locally, migrate, create a dev credential, serve"
+	@echo "make test     the whole suite against real PostgreSQL and Kafka"
+	@echo "make lint     ruff check + format check"
+	@echo "make stop     stop the local PostgreSQL and Kafka"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+		|| { echo "Python 3.11+ is required"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -U pip
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+run: install
+	@scripts/run.sh
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check service tests scripts
+	$(BIN)/ruff format --check service tests scripts
+
+format: install
+	$(BIN)/ruff format service tests scripts
+	$(BIN)/ruff check --fix service tests scripts
+
+services: install
+	@scripts/services.sh start
+
+stop:
+	@scripts/services.sh stop
+
+status:
+	@scripts/services.sh status
+
+clean: stop
+	rm -rf .cache $(VENV)

@@ -1,0 +1,122 @@
+"""The aiohttp application: factory, routes, middlewares and the resources it holds."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+from aiohttp import web
+
+from service import auth, credentials, db, handlers
+from service.config import Settings
+from service.errors import ApiError, from_http_exception
+from service.keys import BODY, CALLER, CREDENTIALS, POOL, REQUEST_ID, SETTINGS
+
+log = logging.getLogger("xcloud.api")
+
+MAX_BODY = 64 * 1024
+API_PREFIX = "/xcloud/v1"
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+# The database is down or unreachable: 503, not 500.
+_DB_UNAVAILABLE = (*db.UNAVAILABLE, asyncpg.PostgresConnectionError)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: handlers.Handler) -> web.StreamResponse:
+    """Request id in and out; every failure as the contract's JSON error."""
+    rid = request.headers.get("X-Request-Id", "")
+    if not _SANE_REQUEST_ID.fullmatch(rid):
+        rid = uuid.uuid4().hex
+    request[REQUEST_ID] = rid
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = exc.response()
+    except auth.AuthError as exc:
+        headers = {"WWW-Authenticate": auth.SCHEME} if exc.status == 401 else None
+        response = ApiError(exc.status, exc.code, exc.message, headers=headers).response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = from_http_exception(exc).response()
+    except _DB_UNAVAILABLE as exc:
+        log.warning("database unavailable: %s (request %s)", type(exc).__name__, rid)
+        response = ApiError(
+            503, "SERVICE_UNAVAILABLE", "The database is unavailable", headers={"Retry-After": "1"}
+        ).response()
+    except Exception:
+        log.exception("unexpected error (request %s)", rid)
+        response = ApiError(500, "INTERNAL_ERROR", "Unexpected error", requestId=rid).response()
+    response.headers["X-Request-Id"] = rid
+    return response
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: handlers.Handler) -> web.StreamResponse:
+    """Contract section 2, in its order; the nonce is claimed last."""
+    if not request.path.startswith(API_PREFIX) or request.match_info.http_exception:
+        return await handler(request)  # unknown routes get their 404/405 unauthenticated
+    length = request.content_length
+    if length is not None and length > MAX_BODY:
+        # Answer before reading any of it; the connection is closed after.
+        raise ApiError(413, "PAYLOAD_TOO_LARGE", "Request body is larger than 64 KiB")
+    signed = auth.parse_headers(request.headers, has_body=request.body_exists)
+    auth.check_fresh(signed, time.time())
+    path, _, query = request.raw_path.partition("?")
+    secret = await request.app[CREDENTIALS].secret_for(signed.service_id)
+    auth.check_signature(
+        signed,
+        secret,
+        method=request.method,
+        path=path,
+        query=query,
+        content_type=request.headers.get("Content-Type", ""),
+    )
+    body = await request.read() if request.body_exists else b""  # 413 past client_max_size
+    auth.check_content_md5(signed, body)
+    request[BODY] = body
+    request[CALLER] = signed
+    if not getattr(request.match_info.handler, "claims_nonce", False):
+        await handlers.claim_nonce(request)
+    return await handler(request)
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    pool = await db.create_pool(settings.database_url, size=settings.db_pool_size)
+    app[POOL] = pool
+    app[CREDENTIALS] = credentials.CredentialStore(pool, credentials.SecretBox(settings.secret_key))
+    yield
+    await pool.close()
+
+
+async def _nonce_sweeper(app: web.Application) -> AsyncIterator[None]:
+    async def sweep() -> None:
+        while True:
+            await asyncio.sleep(60)
+            try:
+                while await credentials.delete_expired_nonces(app[POOL]) > 0:
+                    pass
+            except Exception:  # the next sweep tries again; requests are unaffected
+                log.warning("could not delete expired nonces", exc_info=True)
+
+    task = asyncio.create_task(sweep())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=MAX_BODY)
+    app[SETTINGS] = settings
+    app.cleanup_ctx.extend([_database, _nonce_sweeper])
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_post(f"{API_PREFIX}/customers", handlers.register_customer)
+    return app

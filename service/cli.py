@@ -1,0 +1,121 @@
+"""`xcloud`: the one console script (contract section 11)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import re
+import sys
+
+from service import config, credentials, db
+
+_SERVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _settings(*, need_kafka: bool = False) -> config.Settings:
+    try:
+        return config.load(need_kafka=need_kafka)
+    except config.ConfigError as exc:
+        print(f"xcloud: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _service_id(value: str) -> str:
+    if not _SERVICE_ID.fullmatch(value):
+        raise argparse.ArgumentTypeError("service id must be 1-64 of [A-Za-z0-9._-]")
+    return value
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = _settings()
+    applied = asyncio.run(db.migrate(settings.database_url))
+    print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from service.app import create_app
+
+    settings = _settings(need_kafka=not args.no_relay)
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        access_log=None,
+        print=lambda msg: print(
+            f"xcloud: serving on http://{settings.host}:{settings.port}",
+            file=sys.stderr,
+            flush=True,
+        ),
+    )
+    return 0
+
+
+async def _with_conn(dsn: str, work):
+    conn = await db.wait_for(lambda: __import__("asyncpg").connect(dsn), "PostgreSQL")
+    try:
+        return await work(conn)
+    finally:
+        await conn.close()
+
+
+def cmd_clients(args: argparse.Namespace) -> int:
+    settings = _settings()
+    box = credentials.SecretBox(settings.secret_key)
+    if args.action == "add":
+        secret = asyncio.run(
+            _with_conn(settings.database_url, lambda c: credentials.add(c, box, args.service_id))
+        )
+        print(f"service id: {args.service_id}", file=sys.stderr)
+        print(secret)  # alone, last line of stdout: scripts take it with `tail -1`
+        return 0
+    if args.action == "revoke":
+        done = asyncio.run(
+            _with_conn(settings.database_url, lambda c: credentials.revoke(c, args.service_id))
+        )
+        if not done:
+            print(f"xcloud: no active credential for {args.service_id}", file=sys.stderr)
+            return 1
+        print(f"revoked {args.service_id}")
+        return 0
+    rows = asyncio.run(_with_conn(settings.database_url, credentials.list_all))
+    for row in rows:
+        state = f"revoked {row.revoked_at.isoformat()}" if row.revoked_at else "active"
+        print(f"{row.service_id}\t{row.created_at.isoformat()}\t{state}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xcloud", description="XCloud customer registry")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("migrate", help="apply the SQL migrations in sql/").set_defaults(
+        func=cmd_migrate
+    )
+
+    serve = sub.add_parser("serve", help="run the HTTP API (with the outbox relay)")
+    serve.add_argument("--no-relay", action="store_true", help="do not run the relay inside")
+    serve.set_defaults(func=cmd_serve)
+
+    clients = sub.add_parser("clients", help="service credentials")
+    csub = clients.add_subparsers(dest="action", required=True)
+    add = csub.add_parser("add", help="create a credential; prints its secret last")
+    add.add_argument("service_id", type=_service_id)
+    csub.add_parser("list", help="list credentials")
+    revoke = csub.add_parser("revoke", help="revoke a credential")
+    revoke.add_argument("service_id", type=_service_id)
+    clients.set_defaults(func=cmd_clients)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    args = parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

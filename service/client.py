@@ -1,0 +1,186 @@
+"""A signing client for the XCloud API, in the style of its existing callers.
+
+    async with XCloudClient(url, service_id, secret) as xc:
+        created = await xc.call("register_customer", body={...})
+
+Failures raise XCloudError subclasses carrying the server's error code.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import aiohttp
+from yarl import URL
+
+from service.auth import sign_request
+from service.schemas import is_customer_id
+
+ENDPOINTS: dict[str, dict[str, Any]] = {
+    "register_customer": {"path": "/xcloud/v1/customers", "verb": "POST", "md5": True},
+    "list_customers": {"path": "/xcloud/v1/customers", "verb": "GET", "md5": False},
+    "get_customer": {"path": "/xcloud/v1/customers/{customerId}", "verb": "GET", "md5": False},
+    "update_customer": {"path": "/xcloud/v1/customers/{customerId}", "verb": "PUT", "md5": True},
+    "customers_exist": {"path": "/xcloud/v1/customers/{customerIds}", "verb": "HEAD", "md5": False},
+}
+
+
+def make_customer_id(identifier: str, timestamp_ms: int | None = None) -> str:
+    """`FST-{timestamp}-{identifier}`, the id form of the location test service."""
+    ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
+    customer_id = f"FST-{ts}-{identifier}"
+    if not is_customer_id(customer_id):
+        raise ValueError(f"not a valid customer id: {customer_id!r}")
+    return customer_id
+
+
+class XCloudError(Exception):
+    def __init__(self, status: int, code: str, message: str, body: dict[str, Any]) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.body = body
+
+
+class AuthenticationFailed(XCloudError):
+    """401: AUTH_REQUIRED, STALE_REQUEST, INVALID_SIGNATURE, REPLAYED_REQUEST."""
+
+
+class InvalidRequest(XCloudError):
+    """400: VALIDATION_ERROR (see .body["details"]), INVALID_JSON, CONTENT_MD5_MISMATCH."""
+
+
+class NotFound(XCloudError):
+    pass
+
+
+class Conflict(XCloudError):
+    """409 CUSTOMER_EXISTS."""
+
+
+class PreconditionFailed(XCloudError):
+    pass
+
+
+class ServiceUnavailable(XCloudError):
+    pass
+
+
+class ServerError(XCloudError):
+    pass
+
+
+_BY_STATUS: dict[int, type[XCloudError]] = {
+    400: InvalidRequest,
+    401: AuthenticationFailed,
+    404: NotFound,
+    409: Conflict,
+    412: PreconditionFailed,
+    503: ServiceUnavailable,
+}
+
+
+def error_for(status: int, body: dict[str, Any]) -> XCloudError:
+    cls = _BY_STATUS.get(status, ServerError if status >= 500 else XCloudError)
+    return cls(status, str(body.get("error", "HTTP_ERROR")), str(body.get("message", "")), body)
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: Any
+
+
+class XCloudClient:
+    def __init__(
+        self,
+        base_url: str,
+        service_id: str,
+        secret: str,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.service_id = service_id
+        self._secret = secret
+        self._session = session
+        self._own_session = session is None
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+
+    async def __aenter__(self) -> XCloudClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+    async def request(
+        self,
+        method: str,
+        path_and_query: str,
+        body: bytes | None = None,
+        *,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        """Sign and send one request exactly as given; never raises on an HTTP status."""
+        signed = sign_request(
+            service_id=self.service_id,
+            secret=self._secret,
+            method=method,
+            path_and_query=path_and_query,
+            body=body,
+            content_type=content_type if body is not None else "",
+        )
+        signed.update(headers or {})
+        url = URL(self.base_url + path_and_query, encoded=True)
+        async with self._http().request(method, url, data=body, headers=signed) as resp:
+            raw = await resp.read()
+            parsed: Any = None
+            if raw:
+                try:
+                    parsed = json.loads(raw)
+                except ValueError:
+                    parsed = raw.decode("utf-8", "replace")
+            return Response(resp.status, dict(resp.headers), parsed)
+
+    async def call(
+        self,
+        name: str,
+        *,
+        body: dict[str, Any] | None = None,
+        query: dict[str, Any] | None = None,
+        **path_params: str,
+    ) -> Response:
+        """Call an endpoint of ENDPOINTS by name; raise XCloudError on a 4xx/5xx."""
+        endpoint = ENDPOINTS[name]
+        path = endpoint["path"].format(**{k: quote(v, safe=",") for k, v in path_params.items()})
+        if query:
+            path += "?" + urlencode({k: v for k, v in query.items() if v is not None})
+        raw = json.dumps(body).encode("utf-8") if endpoint["md5"] and body is not None else None
+        resp = await self.request(endpoint["verb"], path, raw)
+        if resp.status >= 400:
+            body_obj = resp.body if isinstance(resp.body, dict) else {}
+            if endpoint["verb"] == "HEAD" and resp.status == 404:
+                return resp  # HEAD has no body: missing ids are in X-Missing-Customer-Ids
+            raise error_for(resp.status, body_obj)
+        return resp
+
+    async def register_customer(self, customer: dict[str, Any]) -> dict[str, Any]:
+        return (await self.call("register_customer", body=customer)).body

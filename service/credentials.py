@@ -1,0 +1,135 @@
+"""Service credentials (encrypted at rest) and request nonces: the SQL of auth's tables.
+
+A secret is sealed with AES-GCM under a key derived from XCLOUD_SECRET_KEY, with the
+service id as associated data, so a dumped row is useless without the key and cannot
+be moved to another service id.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from service.auth import WINDOW_SECONDS
+
+# A nonce must be remembered for as long as its timestamp could still pass (window
+# either side of now), plus a margin for clock differences between instances.
+NONCE_TTL_SECONDS = 2 * WINDOW_SECONDS + 60
+
+
+class SecretBox:
+    def __init__(self, secret_key: str) -> None:
+        key = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=b"xcloud service secrets v1"
+        ).derive(secret_key.encode("utf-8"))
+        self._aead = AESGCM(key)
+
+    def seal(self, service_id: str, secret: str) -> bytes:
+        nonce = secrets.token_bytes(12)
+        return nonce + self._aead.encrypt(nonce, secret.encode("utf-8"), service_id.encode())
+
+    def open(self, service_id: str, sealed: bytes) -> bytes:
+        return self._aead.decrypt(sealed[:12], sealed[12:], service_id.encode())
+
+
+@dataclass(frozen=True)
+class Credential:
+    service_id: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class CredentialStore:
+    """Looks up secrets with a short in-process cache.
+
+    The cache keeps signature checks off the database on the hot path. Its time to
+    live bounds how long a revoked credential keeps working in a running process.
+    """
+
+    def __init__(
+        self, pool: asyncpg.Pool, box: SecretBox, *, ttl: float = 5.0, max_entries: int = 10_000
+    ) -> None:
+        self._pool = pool
+        self._box = box
+        self._ttl = ttl
+        self._max_entries = max_entries
+        self._cache: dict[str, tuple[float, bytes | None]] = {}
+
+    async def secret_for(self, service_id: str) -> bytes | None:
+        """The secret of an active service id, or None (unknown or revoked)."""
+        now = time.monotonic()
+        hit = self._cache.get(service_id)
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        row = await self._pool.fetchrow(
+            "SELECT secret_encrypted FROM service_credentials"
+            " WHERE service_id = $1 AND revoked_at IS NULL",
+            service_id,
+        )
+        secret = self._box.open(service_id, row["secret_encrypted"]) if row else None
+        if len(self._cache) >= self._max_entries:
+            self._cache.clear()  # bounded: unknown ids sent by a hostile caller can't grow it
+        self._cache[service_id] = (now, secret)
+        return secret
+
+
+async def add(conn: asyncpg.Connection, box: SecretBox, service_id: str) -> str:
+    """Create (or re-activate with a new secret) a credential; return the secret."""
+    secret = secrets.token_urlsafe(32)
+    await conn.execute(
+        """INSERT INTO service_credentials (service_id, secret_encrypted) VALUES ($1, $2)
+           ON CONFLICT (service_id) DO UPDATE
+           SET secret_encrypted = EXCLUDED.secret_encrypted,
+               created_at = now(), revoked_at = NULL""",
+        service_id,
+        box.seal(service_id, secret),
+    )
+    return secret
+
+
+async def list_all(conn: asyncpg.Connection) -> list[Credential]:
+    rows = await conn.fetch(
+        "SELECT service_id, created_at, revoked_at FROM service_credentials ORDER BY service_id"
+    )
+    return [Credential(r["service_id"], r["created_at"], r["revoked_at"]) for r in rows]
+
+
+async def revoke(conn: asyncpg.Connection, service_id: str) -> bool:
+    status = await conn.execute(
+        "UPDATE service_credentials SET revoked_at = now()"
+        " WHERE service_id = $1 AND revoked_at IS NULL",
+        service_id,
+    )
+    return status.endswith(" 1")
+
+
+# Claims (service id, nonce) unless a live claim exists; an expired one is taken over.
+# Returns a row only when this request is the first to use the nonce in the window.
+# The POST statement in store.py embeds the same text as a CTE, to stay one round trip.
+CLAIM_NONCE_SQL = f"""
+    INSERT INTO auth_nonces (service_id, nonce, expires_at)
+    VALUES ($1, $2, now() + make_interval(secs => {NONCE_TTL_SECONDS}))
+    ON CONFLICT (service_id, nonce) DO UPDATE SET expires_at = EXCLUDED.expires_at
+        WHERE auth_nonces.expires_at < now()
+    RETURNING 1
+"""
+
+
+async def claim_nonce(pool: asyncpg.Pool, service_id: str, nonce: str) -> bool:
+    return await pool.fetchval(CLAIM_NONCE_SQL, service_id, nonce) is not None
+
+
+async def delete_expired_nonces(pool: asyncpg.Pool, batch: int = 5000) -> int:
+    status = await pool.execute(
+        """DELETE FROM auth_nonces WHERE ctid = ANY (ARRAY(
+               SELECT ctid FROM auth_nonces WHERE expires_at < now() LIMIT $1))""",
+        batch,
+    )
+    return int(status.split()[-1])

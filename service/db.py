@@ -1,0 +1,92 @@
+"""Connecting to PostgreSQL (waiting for it when it is not up yet) and migrating it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+import asyncpg
+
+log = logging.getLogger("xcloud.db")
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+_MIGRATION_LOCK = 7_310_001  # advisory lock key: one migrator at a time
+
+# Errors that mean "the database is not there (yet)", as opposed to a bad request.
+UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+
+
+async def wait_for(connect, what: str, *, attempts: int = 60, delay: float = 1.0):
+    """Call `connect()` until it succeeds, saying so on stderr while it does not."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await connect()
+        except UNAVAILABLE as exc:
+            if attempt == attempts:
+                raise
+            print(
+                f"xcloud: waiting for {what} ({type(exc).__name__}); retry {attempt}/{attempts}",
+                file=sys.stderr,
+                flush=True,
+            )
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+async def create_pool(dsn: str, *, size: int = 20, attempts: int = 60) -> asyncpg.Pool:
+    return await wait_for(
+        lambda: asyncpg.create_pool(
+            dsn,
+            min_size=min(2, size),
+            max_size=size,
+            command_timeout=30,
+            # Statements are few and fixed: keep them prepared on every connection.
+            statement_cache_size=256,
+        ),
+        "PostgreSQL",
+        attempts=attempts,
+    )
+
+
+def migrations(sql_dir: Path = SQL_DIR) -> list[tuple[str, str]]:
+    """The numbered files of sql/, in order, as (version, text)."""
+    files = sorted(p for p in sql_dir.glob("*.sql") if p.name[:3].isdigit())
+    return [(p.stem, p.read_text(encoding="utf-8")) for p in files]
+
+
+async def migrate(dsn: str, *, attempts: int = 60) -> list[str]:
+    """Apply each migration not applied yet, each in its own transaction; return them."""
+    conn: asyncpg.Connection = await wait_for(
+        lambda: asyncpg.connect(dsn), "PostgreSQL", attempts=attempts
+    )
+    applied_now: list[str] = []
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   version text PRIMARY KEY,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for version, text in migrations():
+            if version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(text)
+                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+            log.info("applied migration %s", version)
+            applied_now.append(version)
+    finally:
+        await conn.close()  # also releases the advisory lock
+    return applied_now

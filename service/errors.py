@@ -1,0 +1,63 @@
+"""The one error format of the API (contract section 1): a status and a JSON object."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+        self.extra = extra
+
+    def response(self) -> web.Response:
+        body = {"error": self.code, "message": self.message, **self.extra}
+        return web.json_response(body, status=self.status, headers=self.headers, dumps=_dumps)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def validation_error(details: dict[str, list[str]]) -> ApiError:
+    return ApiError(400, "VALIDATION_ERROR", "The request is not valid", details=details)
+
+
+def customer_not_found(customer_id: str) -> ApiError:
+    return ApiError(
+        404,
+        "CUSTOMER_NOT_FOUND",
+        f"Customer with ID '{customer_id}' not found",
+        customerId=customer_id,
+    )
+
+
+# aiohttp's own HTTP exceptions (router misses, size limits) in the contract's words.
+HTTP_CODES = {
+    400: ("BAD_REQUEST", "Bad request"),
+    404: ("NOT_FOUND", "No such route"),
+    405: ("METHOD_NOT_ALLOWED", "Method not allowed on this route"),
+    413: ("PAYLOAD_TOO_LARGE", "Request body is larger than 64 KiB"),
+    415: ("UNSUPPORTED_MEDIA_TYPE", "Content-Type must be application/json"),
+}
+
+
+def from_http_exception(exc: web.HTTPException) -> ApiError:
+    code, message = HTTP_CODES.get(exc.status, ("HTTP_ERROR", exc.reason))
+    headers = {k: v for k, v in exc.headers.items() if k in ("Allow",)}
+    return ApiError(exc.status, code, message, headers=headers)

@@ -1,0 +1,31 @@
+"""The CloudEvents 1.0 envelope of contract section 9, built once, at write time."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Any
+
+from service.customers import rfc3339
+
+SOURCE = "/xcloud/v1/customers"
+CONTENT_TYPE = "application/cloudevents+json; charset=UTF-8"
+REGISTERED = "CustomerRegistered"
+UPDATED = "CustomerUpdated"
+
+
+def envelope(event_type: str, customer: dict[str, Any], time: datetime) -> tuple[uuid.UUID, bytes]:
+    """(event id, the exact bytes that go on the topic)."""
+    event_id = uuid.uuid4()
+    event = {
+        "specversion": "1.0",
+        "id": str(event_id),
+        "source": SOURCE,
+        "type": event_type,
+        "subject": customer["customerId"],
+        "time": rfc3339(time),
+        "datacontenttype": "application/json",
+        "data": customer,
+    }
+    return event_id, json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

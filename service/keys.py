@@ -1,0 +1,18 @@
+"""Typed keys for what the app and each request carry (aiohttp's AppKey/RequestKey)."""
+
+from __future__ import annotations
+
+import asyncpg
+from aiohttp import web
+
+from service.auth import SignedRequest
+from service.config import Settings
+from service.credentials import CredentialStore
+
+SETTINGS = web.AppKey("settings", Settings)
+POOL = web.AppKey("pool", asyncpg.Pool)
+CREDENTIALS = web.AppKey("credentials", CredentialStore)
+
+REQUEST_ID = web.RequestKey("request_id", str)
+CALLER = web.RequestKey("caller", SignedRequest)  # authenticated, nonce not claimed yet
+BODY = web.RequestKey("body", bytes)

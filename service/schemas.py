@@ -1,0 +1,214 @@
+"""Marshmallow schemas for what callers send and what they get back (contract 3 and 4).
+
+Types are checked, never coerced: "365" is no integer, 1 is no boolean. Unknown
+fields are rejected at every depth (marshmallow's RAISE, the default of every schema
+here). Errors come back as dotted paths, the form of the contract's `details`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zoneinfo
+from typing import Any
+
+from email_validator import EmailNotValidError, validate_email
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates
+
+CUSTOMER_ID = re.compile(r"FST-[0-9]{8,14}-[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+STATUSES = ("ACTIVE", "INACTIVE", "SUSPENDED")
+ALERT_FREQUENCIES = ("immediate", "hourly", "daily", "weekly", "never")
+DEFAULT_SETTINGS = {
+    "dataRetentionDays": 365,
+    "alertFrequency": "immediate",
+    "reportingEnabled": True,
+}
+_PHONE = re.compile(r"[0-9+ .()\-]+")
+_TIMEZONES = frozenset(zoneinfo.available_timezones())
+
+
+def is_customer_id(value: str) -> bool:
+    return CUSTOMER_ID.fullmatch(value) is not None
+
+
+class Text(fields.String):
+    """A JSON string PostgreSQL can store: no NUL character, no lone surrogate."""
+
+    default_error_messages = {
+        "nul": "Must not contain NUL characters.",
+        "surrogate": "Must be valid Unicode text.",
+    }
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if "\x00" in text:
+            raise self.make_error("nul")
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise self.make_error("surrogate") from None
+        return text
+
+
+class StrictInteger(fields.Field):
+    default_error_messages = {"invalid": "Not a valid integer."}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if type(value) is not int:  # bool is an int subclass: excluded on purpose
+            raise self.make_error("invalid")
+        return value
+
+
+class StrictNumber(fields.Field):
+    default_error_messages = {"invalid": "Not a valid number."}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
+        if type(value) not in (int, float) or not math.isfinite(value):
+            raise self.make_error("invalid")
+        return value
+
+
+class StrictBoolean(fields.Field):
+    default_error_messages = {"invalid": "Not a valid boolean."}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if type(value) is not bool:
+            raise self.make_error("invalid")
+        return value
+
+
+def _optional_text(max_length: int) -> Text:
+    return Text(allow_none=True, validate=validate.Length(max=max_length))
+
+
+class AddressSchema(Schema):
+    street = _optional_text(200)
+    city = _optional_text(200)
+    state = _optional_text(200)
+    postalCode = _optional_text(200)
+    country = _optional_text(100)
+
+
+class ContactInfoSchema(Schema):
+    email = Text(required=True, validate=validate.Length(max=254))
+    phone = Text(allow_none=True)
+    address = fields.Nested(AddressSchema, allow_none=True)
+
+    @validates("email")
+    def _email(self, value: str, **_: Any) -> None:
+        try:
+            validate_email(value, check_deliverability=False)
+        except EmailNotValidError:
+            raise ValidationError("Not a valid email address.") from None
+
+    @validates("phone")
+    def _phone(self, value: str | None, **_: Any) -> None:
+        if value is None:
+            return
+        digits = sum(c.isdigit() for c in value)
+        if not _PHONE.fullmatch(value) or not 7 <= digits <= 15:
+            raise ValidationError(
+                "Must be +, digits, spaces, '-', '.', '(' or ')', with 7 to 15 digits."
+            )
+
+
+class BusinessInfoSchema(Schema):
+    industry = _optional_text(200)
+    sector = _optional_text(200)
+    timezone = Text(allow_none=True)
+
+    @validates("timezone")
+    def _timezone(self, value: str | None, **_: Any) -> None:
+        if value is not None and value not in _TIMEZONES:
+            raise ValidationError("Not a known IANA time zone name.")
+
+
+class SettingsSchema(Schema):
+    dataRetentionDays = StrictInteger(allow_none=True, validate=validate.Range(1, 3650))
+    alertFrequency = Text(allow_none=True, validate=validate.OneOf(ALERT_FREQUENCIES))
+    reportingEnabled = StrictBoolean(allow_none=True)
+
+
+class LocationSchema(Schema):
+    latitude = StrictNumber(allow_none=True, validate=validate.Range(-90, 90))
+    longitude = StrictNumber(allow_none=True, validate=validate.Range(-180, 180))
+    name = _optional_text(200)
+
+
+class CustomerUpdateSchema(Schema):
+    """PUT body: the POST rules, but customerId may be left out."""
+
+    customerId = Text(validate=validate.Regexp(CUSTOMER_ID.pattern + r"\Z"))
+    customerName = Text(required=True, validate=validate.Length(min=1, max=200))
+    description = _optional_text(2000)
+    contactInfo = fields.Nested(ContactInfoSchema, required=True)
+    businessInfo = fields.Nested(BusinessInfoSchema, allow_none=True)
+    settings = fields.Nested(SettingsSchema, allow_none=True)
+    location = fields.Nested(LocationSchema, allow_none=True)
+    status = Text(required=True, validate=validate.OneOf(STATUSES))
+
+    @validates("customerName")
+    def _not_blank(self, value: str, **_: Any) -> None:
+        if not value.strip():
+            raise ValidationError("Must not be blank.")
+
+
+class CustomerCreateSchema(CustomerUpdateSchema):
+    """POST body."""
+
+    customerId = Text(required=True, validate=validate.Regexp(CUSTOMER_ID.pattern + r"\Z"))
+
+
+# Representation (contract section 4): documents the answer shape and lets tests check it.
+class LimitsSchema(Schema):
+    maxDevices = fields.Integer(required=True)
+    maxUsers = fields.Integer(required=True)
+    maxDataPoints = fields.Integer(required=True)
+
+
+class CustomerSchema(CustomerCreateSchema):
+    limits = fields.Nested(LimitsSchema, required=True)
+    createdAt = fields.String(required=True)
+    updatedAt = fields.String(required=True)
+
+
+class ApiKeysSchema(Schema):
+    primary = fields.String(required=True)
+    secondary = fields.String(required=True)
+
+
+class CustomerCreatedSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    customerId = fields.String(required=True)
+    customerName = fields.String(required=True)
+    status = fields.String(required=True)
+    createdAt = fields.String(required=True)
+    apiKeys = fields.Nested(ApiKeysSchema, required=True)
+    limits = fields.Nested(LimitsSchema, required=True)
+
+
+def dotted(messages: Any, prefix: str = "") -> dict[str, list[str]]:
+    """marshmallow's nested error dict -> {"contactInfo.email": ["..."]}."""
+    if isinstance(messages, list):
+        return {prefix or "_schema": [str(m) for m in messages]}
+    flat: dict[str, list[str]] = {}
+    for key, value in messages.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        flat.update(dotted(value, path))
+    return flat
+
+
+_CREATE = CustomerCreateSchema()
+_UPDATE = CustomerUpdateSchema()
+
+
+def load_create(body: dict[str, Any]) -> dict[str, Any]:
+    """Validated POST body; raises ValidationError."""
+    return _CREATE.load(body)
+
+
+def load_update(body: dict[str, Any]) -> dict[str, Any]:
+    return _UPDATE.load(body)

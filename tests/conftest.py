@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from service import config, credentials, db
+from service.app import create_app
+from service.client import XCloudClient
+from tests import services as services_mod
+
+SECRET_KEY = "test-secret-key-" + "k" * 32
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_SERVICES] = services_mod.resolve()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    services_mod.stop()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    s = config.stash[_SERVICES]
+    return [f"services from {s.source}: postgres {_redact(s.database_url)}, kafka {s.kafka_bootstrap}"]
+
+
+def _redact(dsn: str) -> str:
+    head, sep, tail = dsn.rpartition("@")
+    return f"postgresql://***@{tail}" if sep and ":" in head.split("//", 1)[-1] else dsn
+
+
+_SERVICES = pytest.StashKey[services_mod.Services]()
+
+
+@pytest.fixture(scope="session")
+def services(pytestconfig: pytest.Config) -> services_mod.Services:
+    return pytestconfig.stash[_SERVICES]
+
+
+@pytest.fixture(scope="session")
+def settings(services: services_mod.Services) -> config.Settings:
+    return config.load(
+        {
+            "DATABASE_URL": services.database_url,
+            "KAFKA_BOOTSTRAP_SERVERS": services.kafka_bootstrap,
+            "XCLOUD_SECRET_KEY": SECRET_KEY,
+            "XCLOUD_TOPIC": f"xcloud.test.{uuid.uuid4().hex[:8]}",
+            "XCLOUD_DB_POOL_SIZE": "10",
+        },
+        need_kafka=True,
+    )
+
+
+@pytest.fixture(scope="session")
+async def pool(settings: config.Settings) -> AsyncIterator[asyncpg.Pool]:
+    await db.migrate(settings.database_url)
+    p = await db.create_pool(settings.database_url, size=5)
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+async def clean_db(pool: asyncpg.Pool) -> asyncpg.Pool:
+    await pool.execute(
+        "TRUNCATE customers, outbox, auth_nonces, service_credentials RESTART IDENTITY"
+    )
+    return pool
+
+
+@pytest.fixture
+async def credential(clean_db: asyncpg.Pool, settings: config.Settings) -> tuple[str, str]:
+    service_id = "test-service"
+    async with clean_db.acquire() as conn:
+        secret = await credentials.add(
+            conn, credentials.SecretBox(settings.secret_key), service_id
+        )
+    return service_id, secret
+
+
+@pytest.fixture
+async def api(aiohttp_client, settings, clean_db):
+    """A test server running the real app against the real database."""
+    return await aiohttp_client(create_app(settings))
+
+
+@pytest.fixture
+async def xc(api, credential) -> AsyncIterator[XCloudClient]:
+    service_id, secret = credential
+    client = XCloudClient(str(api.make_url("")), service_id, secret)
+    yield client
+    await client.close()
+

@@ -1,0 +1,76 @@
+"""Where the tests find PostgreSQL and Kafka, in this order:
+
+1. environment variables: TEST_DATABASE_URL (or DATABASE_URL) and KAFKA_BOOTSTRAP_SERVERS,
+   the way compose-based runs and CI plug in;
+2. testcontainers, when a Docker engine answers;
+3. the local processes of scripts/services.sh (started here when needed).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Services:
+    database_url: str
+    kafka_bootstrap: str
+    source: str
+
+
+def _from_env() -> Services | None:
+    dsn = os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    kafka = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if dsn and kafka:
+        return Services(dsn, kafka, "environment variables")
+    return None
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:
+        return False
+
+
+_containers: list = []
+
+
+def _from_testcontainers() -> Services:
+    # Not exercised on the development machines (no Docker engine there); see README.
+    from testcontainers.kafka import KafkaContainer
+    from testcontainers.postgres import PostgresContainer
+
+    pg = PostgresContainer("postgres:15", driver=None).start()
+    kafka = KafkaContainer("apache/kafka:3.9.1").with_kraft().start()
+    _containers.extend([pg, kafka])
+    return Services(pg.get_connection_url(), kafka.get_bootstrap_server(), "testcontainers")
+
+
+def _from_local_processes() -> Services:
+    subprocess.run([str(ROOT / "scripts" / "services.sh"), "start"], check=True)
+    values = dict(
+        line.split("=", 1)
+        for line in (ROOT / ".cache" / "services.env").read_text().splitlines()
+        if "=" in line
+    )
+    return Services(
+        values["TEST_DATABASE_URL"], values["KAFKA_BOOTSTRAP_SERVERS"], "local processes"
+    )
+
+
+def resolve() -> Services:
+    return _from_env() or (_from_testcontainers() if _docker_answers() else _from_local_processes())
+
+
+def stop() -> None:
+    for container in _containers:
+        container.stop()
