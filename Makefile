@@ -28,6 +28,7 @@ run: install
 	@scripts/run.sh
 
 test: install
+	$(BIN)/ruff check service tests scripts
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install

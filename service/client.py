@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import aiohttp
+from multidict import CIMultiDict
 from yarl import URL
 
 from service.auth import sign_request
@@ -93,7 +94,7 @@ def error_for(status: int, body: dict[str, Any]) -> XCloudError:
 @dataclass
 class Response:
     status: int
-    headers: dict[str, str]
+    headers: CIMultiDict[str]  # case-insensitive, as HTTP headers are
     body: Any
 
 
@@ -158,7 +159,7 @@ class XCloudClient:
                     parsed = json.loads(raw)
                 except ValueError:
                     parsed = raw.decode("utf-8", "replace")
-            return Response(resp.status, dict(resp.headers), parsed)
+            return Response(resp.status, CIMultiDict(resp.headers), parsed)
 
     async def call(
         self,

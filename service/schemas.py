@@ -196,7 +196,10 @@ def dotted(messages: Any, prefix: str = "") -> dict[str, list[str]]:
         return {prefix or "_schema": [str(m) for m in messages]}
     flat: dict[str, list[str]] = {}
     for key, value in messages.items():
-        path = f"{prefix}.{key}" if prefix else str(key)
+        if key == "_schema":  # an error of the object itself belongs to its own path
+            path = prefix or "_schema"
+        else:
+            path = f"{prefix}.{key}" if prefix else str(key)
         flat.update(dotted(value, path))
     return flat
 

@@ -24,7 +24,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     s = config.stash[_SERVICES]
-    return [f"services from {s.source}: postgres {_redact(s.database_url)}, kafka {s.kafka_bootstrap}"]
+    return [
+        f"services from {s.source}: postgres {_redact(s.database_url)}, kafka {s.kafka_bootstrap}"
+    ]
 
 
 def _redact(dsn: str) -> str:
@@ -74,9 +76,7 @@ async def clean_db(pool: asyncpg.Pool) -> asyncpg.Pool:
 async def credential(clean_db: asyncpg.Pool, settings: config.Settings) -> tuple[str, str]:
     service_id = "test-service"
     async with clean_db.acquire() as conn:
-        secret = await credentials.add(
-            conn, credentials.SecretBox(settings.secret_key), service_id
-        )
+        secret = await credentials.add(conn, credentials.SecretBox(settings.secret_key), service_id)
     return service_id, secret
 
 
@@ -92,4 +92,3 @@ async def xc(api, credential) -> AsyncIterator[XCloudClient]:
     client = XCloudClient(str(api.make_url("")), service_id, secret)
     yield client
     await client.close()
-

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from service import config, customers
+
+GOOD = {"DATABASE_URL": "postgresql://u@h:5432/db", "XCLOUD_SECRET_KEY": "k" * 32}
+
+
+def test_defaults():
+    s = config.load(GOOD)
+    assert (s.topic, s.host, s.port) == ("xcloud.customers", "0.0.0.0", 8080)
+    assert s.limits.as_json() == {"maxDevices": 100, "maxUsers": 50, "maxDataPoints": 1000000}
+
+
+def test_secret_key_never_shows_in_repr_or_errors():
+    key = "super-secret-" + "x" * 40
+    assert key not in repr(config.load({**GOOD, "XCLOUD_SECRET_KEY": key}))
+    with pytest.raises(config.ConfigError) as err:
+        config.load({**GOOD, "XCLOUD_SECRET_KEY": "tiny"})
+    assert "tiny" not in str(err.value) and err.value.variable == "XCLOUD_SECRET_KEY"
+
+
+def test_kafka_required_only_when_asked():
+    config.load(GOOD)
+    with pytest.raises(config.ConfigError) as err:
+        config.load(GOOD, need_kafka=True)
+    assert err.value.variable == "KAFKA_BOOTSTRAP_SERVERS"
+    with pytest.raises(config.ConfigError):
+        config.load({**GOOD, "KAFKA_BOOTSTRAP_SERVERS": "no-port"})
+
+
+def test_rfc3339_is_utc_with_z_and_milliseconds():
+    moment = datetime(2024, 1, 1, 10, 30, 0, 123456, tzinfo=UTC)
+    assert customers.rfc3339(moment) == "2024-01-01T10:30:00.123Z"
+
+
+def test_now_is_whole_milliseconds():
+    assert customers.utc_now().microsecond % 1000 == 0
+
+
+def test_lane_is_stable_and_in_range():
+    assert customers.lane_of("FST-1536316721808-NewCustomer") == customers.lane_of(
+        "FST-1536316721808-NewCustomer"
+    )
+    lanes = {customers.lane_of(f"FST-12345678-c{i}") for i in range(2000)}
+    assert lanes == set(range(customers.LANES))
+
+
+def test_api_keys_are_distinct_and_long():
+    keys = customers.ApiKeys.generate()
+    assert keys.primary != keys.secondary
+    assert len(keys.primary) >= 40
+    assert keys.hashes()[0] != keys.hashes()[1]
