@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator
 import asyncpg
 from aiohttp import web
 
-from service import auth, credentials, db, handlers
+from service import auth, credentials, db, handlers, relay
 from service.config import Settings
 from service.errors import ApiError, from_http_exception
-from service.keys import BODY, CALLER, CREDENTIALS, POOL, REQUEST_ID, SETTINGS
+from service.keys import BODY, CALLER, CREDENTIALS, POOL, RELAY, REQUEST_ID, SETTINGS
 
 log = logging.getLogger("xcloud.api")
 
@@ -113,10 +113,24 @@ async def _nonce_sweeper(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
-def create_app(settings: Settings) -> web.Application:
+async def _relay(app: web.Application) -> AsyncIterator[None]:
+    outbox_relay = relay.Relay(relay.config_from(app[SETTINGS]))
+    app[RELAY] = outbox_relay
+    task = asyncio.create_task(outbox_relay.run())
+    yield
+    outbox_relay.stop()  # ends its batch in flight; never marks what was not acknowledged
+    try:
+        await asyncio.wait_for(task, 60)
+    except TimeoutError:
+        log.error("relay did not stop within 60 s; abandoning its batch (it stays pending)")
+
+
+def create_app(settings: Settings, *, with_relay: bool = False) -> web.Application:
     app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=MAX_BODY)
     app[SETTINGS] = settings
     app.cleanup_ctx.extend([_database, _nonce_sweeper])
+    if with_relay:
+        app.cleanup_ctx.append(_relay)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_post(f"{API_PREFIX}/customers", handlers.register_customer)
     return app

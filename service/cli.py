@@ -41,7 +41,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(need_kafka=not args.no_relay)
     web.run_app(
-        create_app(settings),
+        create_app(settings, with_relay=not args.no_relay),
         host=settings.host,
         port=settings.port,
         access_log=None,
@@ -51,6 +51,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             flush=True,
         ),
     )
+    return 0
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    from service import relay
+
+    settings = _settings(need_kafka=True)
+    asyncio.run(relay.run_until_signalled(relay.config_from(settings)))
     return 0
 
 
@@ -99,6 +107,8 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP API (with the outbox relay)")
     serve.add_argument("--no-relay", action="store_true", help="do not run the relay inside")
     serve.set_defaults(func=cmd_serve)
+
+    sub.add_parser("relay", help="run the outbox relay alone").set_defaults(func=cmd_relay)
 
     clients = sub.add_parser("clients", help="service credentials")
     csub = clients.add_subparsers(dest="action", required=True)

@@ -41,6 +41,9 @@ class Settings:
     limits: Limits = Limits()
     db_pool_size: int = 20
     topic_partitions: int = 6
+    topic_replication_factor: int = 1
+    relay_batch_size: int = 500
+    outbox_retention_seconds: int = 7 * 24 * 3600
 
 
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$")
@@ -98,4 +101,9 @@ def load(env: Mapping[str, str] | None = None, *, need_kafka: bool = False) -> S
         ),
         db_pool_size=_int(env, "XCLOUD_DB_POOL_SIZE", 20, 1, 500),
         topic_partitions=_int(env, "XCLOUD_TOPIC_PARTITIONS", 6, 1, 1000),
+        topic_replication_factor=_int(env, "XCLOUD_TOPIC_REPLICATION_FACTOR", 1, 1, 32),
+        relay_batch_size=_int(env, "XCLOUD_RELAY_BATCH_SIZE", 500, 1, 10_000),
+        outbox_retention_seconds=_int(
+            env, "XCLOUD_OUTBOX_RETENTION_SECONDS", 7 * 24 * 3600, 0, 10**9
+        ),
     )

@@ -8,10 +8,12 @@ from aiohttp import web
 from service.auth import SignedRequest
 from service.config import Settings
 from service.credentials import CredentialStore
+from service.relay import Relay
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 CREDENTIALS = web.AppKey("credentials", CredentialStore)
+RELAY = web.AppKey("relay", Relay)  # present when the relay runs in this process
 
 REQUEST_ID = web.RequestKey("request_id", str)
 CALLER = web.RequestKey("caller", SignedRequest)  # authenticated, nonce not claimed yet

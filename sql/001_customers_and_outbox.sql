@@ -34,8 +34,23 @@ CREATE TABLE outbox (
     dead_lettered_at timestamptz
 );
 
-CREATE INDEX outbox_pending ON outbox (lane, id)
+-- What the relay reads: pending rows in id order (it filters by the lanes it holds).
+CREATE INDEX outbox_pending ON outbox (id) INCLUDE (lane)
     WHERE published_at IS NULL AND dead_lettered_at IS NULL;
+-- What retention deletes, oldest first.
+CREATE INDEX outbox_published ON outbox (published_at) WHERE published_at IS NOT NULL;
+CREATE INDEX outbox_dead_lettered ON outbox (dead_lettered_at) WHERE dead_lettered_at IS NOT NULL;
+
+-- Wakes the relays (LISTEN xcloud_outbox) once per inserting statement; identical
+-- notifications of one transaction fold into one.
+CREATE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('xcloud_outbox', '');
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
 
 CREATE TABLE service_credentials (
     service_id       text PRIMARY KEY,

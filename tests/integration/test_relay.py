@@ -1,0 +1,352 @@
+"""The outbox relay against real PostgreSQL and a real Kafka broker (contract section 9)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from service import customers, relay
+from service.app import create_app
+from service.client import XCloudClient, make_customer_id
+from tests.conftest import SECRET_KEY
+from tests.helpers import DOC_EXAMPLE, example
+from tests.kafka import by_subject, first_occurrences, read_topic, wait_for
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture
+def topic_settings(settings):
+    return dataclasses.replace(settings, topic=f"xcloud.test.{uuid.uuid4().hex[:10]}")
+
+
+def relay_config(s, **kw) -> relay.RelayConfig:
+    return dataclasses.replace(relay.config_from(s), **kw)
+
+
+async def fill_outbox(pool, n: int, customers_count: int, *, payload_pad: int = 0) -> None:
+    """n events for `customers_count` customers, each customer's in increasing `seq`,
+    inserted in id order: what many registrations and updates leave behind."""
+    await pool.execute(
+        """
+        INSERT INTO outbox (event_id, event_type, customer_id, lane, payload)
+        SELECT e.id, 'CustomerUpdated', e.cust, 0,
+               convert_to(json_build_object('id', e.id, 'subject', e.cust,
+                                            'seq', e.i / $2, 'pad', repeat('x', $3))::text,
+                          'UTF8')
+        FROM (SELECT gen_random_uuid() AS id, i, 'FST-12345678-c' || (i % $2) AS cust
+              FROM generate_series(0, $1 - 1) AS i) e
+        ORDER BY e.i
+        """,
+        n,
+        customers_count,
+        payload_pad,
+    )
+    # Lanes as the application computes them.
+    for cust in {f"FST-12345678-c{i}" for i in range(customers_count)}:
+        await pool.execute(
+            "UPDATE outbox SET lane = $1 WHERE customer_id = $2", customers.lane_of(cust), cust
+        )
+
+
+async def pending(pool) -> int:
+    return await pool.fetchval(
+        "SELECT count(*) FROM outbox WHERE published_at IS NULL AND dead_lettered_at IS NULL"
+    )
+
+
+def assert_in_commit_order(received) -> None:
+    for subject, events in by_subject(received).items():
+        seqs = [r.event["seq"] for r in first_occurrences(events)]
+        assert seqs == sorted(seqs), f"{subject} out of order: {seqs}"
+
+
+def relay_process(s, **env_extra) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "DATABASE_URL": s.database_url,
+        "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
+        "XCLOUD_SECRET_KEY": SECRET_KEY,
+        "XCLOUD_TOPIC": s.topic,
+        **env_extra,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "relay"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+# --- end to end ------------------------------------------------------------------
+
+
+async def test_a_registration_arrives_as_a_cloudevent(aiohttp_client, topic_settings, credential):
+    app = create_app(topic_settings, with_relay=True)
+    client = await aiohttp_client(app)
+    xc = XCloudClient(str(client.make_url("")), *credential)
+    try:
+        created = await xc.register_customer(DOC_EXAMPLE)
+    finally:
+        await xc.close()
+    received = await read_topic(
+        topic_settings.kafka_bootstrap_servers, topic_settings.topic, until=1
+    )
+    assert len(received) == 1
+    msg = received[0]
+    assert msg.key == DOC_EXAMPLE["customerId"]
+    assert msg.headers["content-type"] == b"application/cloudevents+json; charset=UTF-8"
+    event = msg.event
+    assert set(event) == {
+        "specversion",
+        "id",
+        "source",
+        "type",
+        "subject",
+        "time",
+        "datacontenttype",
+        "data",
+    }
+    assert event["specversion"] == "1.0"
+    assert uuid.UUID(event["id"])
+    assert event["source"] == "/xcloud/v1/customers"
+    assert event["type"] == "CustomerRegistered"
+    assert event["subject"] == DOC_EXAMPLE["customerId"]
+    assert event["time"].endswith("Z")
+    assert event["datacontenttype"] == "application/json"
+    assert event["data"]["customerId"] == DOC_EXAMPLE["customerId"]
+    assert event["data"]["createdAt"] == created["createdAt"]
+    raw = json.dumps(event)
+    for key in created["apiKeys"].values():
+        assert key not in raw
+    assert "hash" not in raw.lower()
+
+
+async def test_notify_wakes_the_relay_long_before_its_poll(
+    aiohttp_client, topic_settings, credential, clean_db
+):
+    """With a 60-second safety poll, an event still arrives promptly: LISTEN/NOTIFY works."""
+    outbox_relay = relay.Relay(relay_config(topic_settings, poll_interval=60))
+    task = asyncio.create_task(outbox_relay.run())
+    try:
+        await wait_for(lambda: _async(outbox_relay.stats.lanes == customers.LANES), 30)
+        await asyncio.sleep(0.5)  # the relay is now idle, waiting on its poll
+        client = await aiohttp_client(create_app(topic_settings))
+        async with XCloudClient(str(client.make_url("")), *credential) as xc:
+            await xc.register_customer(DOC_EXAMPLE)
+        await wait_for(lambda: _async(outbox_relay.stats.published == 1), timeout=20)
+    finally:
+        outbox_relay.stop()
+        await task
+
+
+async def _async(value):
+    return value
+
+
+async def test_a_rolled_back_transaction_publishes_nothing(topic_settings, clean_db):
+    async with clean_db.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        await conn.execute(
+            "INSERT INTO outbox (event_id, event_type, customer_id, lane, payload)"
+            " VALUES (gen_random_uuid(), 'CustomerRegistered', 'FST-12345678-rolledback', 1,"
+            ' convert_to(\'{"id": "rolled-back", "seq": 0}\', \'UTF8\'))'
+        )
+        await tx.rollback()
+    await clean_db.execute(
+        "INSERT INTO outbox (event_id, event_type, customer_id, lane, payload)"
+        " VALUES (gen_random_uuid(), 'CustomerRegistered', 'FST-12345678-committed', 1,"
+        ' convert_to(\'{"id": "committed", "seq": 0}\', \'UTF8\'))'
+    )
+    outbox_relay = relay.Relay(relay_config(topic_settings))
+    task = asyncio.create_task(outbox_relay.run())
+    try:
+        received = await read_topic(
+            topic_settings.kafka_bootstrap_servers, topic_settings.topic, until=1, quiet=3
+        )
+    finally:
+        outbox_relay.stop()
+        await task
+    assert [r.event["id"] for r in received] == ["committed"]
+
+
+async def test_an_unpublishable_row_is_dead_lettered_and_does_not_block(topic_settings, clean_db):
+    lane = customers.lane_of("FST-12345678-big")
+    await clean_db.execute(
+        """INSERT INTO outbox (event_id, event_type, customer_id, lane, payload) VALUES
+           (gen_random_uuid(), 'CustomerUpdated', 'FST-12345678-big', $1,
+            convert_to('{"id": "too-big", "pad": "' || repeat('x', 2000000) || '"}', 'UTF8')),
+           (gen_random_uuid(), 'CustomerUpdated', 'FST-12345678-big', $1,
+            convert_to('{"id": "after-big", "seq": 1}', 'UTF8'))""",
+        lane,
+    )
+    outbox_relay = relay.Relay(relay_config(topic_settings))
+    task = asyncio.create_task(outbox_relay.run())
+    try:
+        received = await read_topic(
+            topic_settings.kafka_bootstrap_servers, topic_settings.topic, until=1, quiet=3
+        )
+    finally:
+        outbox_relay.stop()
+        await task
+    assert [r.event["id"] for r in received] == ["after-big"]
+    dead = await clean_db.fetchrow(
+        "SELECT dead_lettered_at, last_error FROM outbox WHERE dead_lettered_at IS NOT NULL"
+    )
+    assert dead is not None and "TooLarge" in dead["last_error"]
+    assert outbox_relay.stats.dead_lettered == 1
+    assert await pending(clean_db) == 0
+
+
+async def test_published_rows_are_deleted_after_the_retention_age(topic_settings, clean_db):
+    await fill_outbox(clean_db, 50, 5)
+    await clean_db.execute(
+        "UPDATE outbox SET published_at = now() - interval '2 hours' WHERE id <= 30"
+    )
+    outbox_relay = relay.Relay(relay_config(topic_settings, retention_seconds=3600))
+    task = asyncio.create_task(outbox_relay.run())
+    try:
+        await wait_for(lambda: _count(clean_db), 30)
+    finally:
+        outbox_relay.stop()
+        await task
+    # The 30 old ones are gone; the 20 just published are kept until they are old too.
+    assert await clean_db.fetchval("SELECT count(*) FROM outbox") == 20
+    assert await clean_db.fetchval("SELECT min(id) FROM outbox") == 31
+
+
+async def _count(pool) -> bool:
+    return await pool.fetchval("SELECT count(*) FROM outbox") == 20 and await pending(pool) == 0
+
+
+# --- several relays, crashes, graceful stops --------------------------------------
+
+
+async def test_three_relays_keep_each_customers_order(topic_settings, clean_db):
+    await fill_outbox(clean_db, 6000, 150)  # 40 events per customer
+    relays = [
+        relay.Relay(relay_config(topic_settings, batch_size=100, rebalance_interval=0.3))
+        for _ in range(3)
+    ]
+    tasks = []
+    for r in relays:  # join one after another, so lanes move between them mid-backlog
+        tasks.append(asyncio.create_task(r.run()))
+        await asyncio.sleep(0.4)
+    try:
+        await wait_for(lambda: _none_pending(clean_db), timeout=120)
+    finally:
+        for r in relays:
+            r.stop()
+        await asyncio.gather(*tasks)
+    assert sum(r.stats.published for r in relays) >= 6000
+    assert sum(1 for r in relays if r.stats.published > 0) >= 2, "lanes were never shared"
+    received = await read_topic(
+        topic_settings.kafka_bootstrap_servers, topic_settings.topic, until=6000
+    )
+    assert len({r.event["id"] for r in received}) == 6000
+    assert_in_commit_order(received)
+
+
+async def _none_pending(pool) -> bool:
+    return await pending(pool) == 0
+
+
+async def test_sigkill_mid_backlog_loses_nothing(topic_settings, clean_db):
+    total, batch = 20_000, 200
+    await fill_outbox(clean_db, total, 500)
+    proc = relay_process(topic_settings, XCLOUD_RELAY_BATCH_SIZE=str(batch))
+    try:
+        await wait_for(
+            lambda: _published_at_least(clean_db, total // 4), timeout=120, interval=0.05
+        )
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        marked = await clean_db.fetchval(
+            "SELECT count(*) FROM outbox WHERE published_at IS NOT NULL"
+        )
+        assert 0 < marked < total, "kill the relay mid-backlog, not before or after it"
+        proc = relay_process(topic_settings, XCLOUD_RELAY_BATCH_SIZE=str(batch))
+        await wait_for(lambda: _none_pending(clean_db), timeout=180)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    received = await read_topic(
+        topic_settings.kafka_bootstrap_servers, topic_settings.topic, until=total
+    )
+    ids = [r.event["id"] for r in received]
+    assert len(set(ids)) == total, "every committed event arrives"
+    duplicates = len(ids) - total
+    # Only what the killed process had sent but not yet marked: at most its batch in
+    # flight (plus the one it was reading as the kill landed).
+    assert duplicates <= 2 * batch, duplicates
+    assert_in_commit_order(received)
+
+
+async def _published_at_least(pool, n: int) -> bool:
+    return await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL") >= n
+
+
+async def test_sigterm_finishes_the_batch_and_marks_only_what_was_acknowledged(
+    topic_settings, clean_db
+):
+    await fill_outbox(clean_db, 20_000, 100)
+    proc = relay_process(topic_settings, XCLOUD_RELAY_BATCH_SIZE="500")
+    await wait_for(lambda: _published_at_least(clean_db, 2000), timeout=120, interval=0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out.decode()
+    marked = {
+        str(r["event_id"])
+        for r in await clean_db.fetch("SELECT event_id FROM outbox WHERE published_at IS NOT NULL")
+    }
+    assert 0 < len(marked) < 20_000
+    received = await read_topic(
+        topic_settings.kafka_bootstrap_servers, topic_settings.topic, until=len(marked)
+    )
+    assert marked <= {r.event["id"] for r in received}
+
+
+async def test_broker_down_writes_go_on_and_events_arrive_after(
+    aiohttp_client, topic_settings, credential, clean_db, services
+):
+    if services.source != "local processes":
+        pytest.skip("stopping the broker needs the local Kafka of scripts/services.sh")
+    client = await aiohttp_client(create_app(topic_settings, with_relay=True))
+    services_sh = os.path.join(ROOT, "scripts", "services.sh")
+    sent: list[str] = []
+    async with XCloudClient(str(client.make_url("")), *credential) as xc:
+
+        async def register(i: int) -> None:
+            cid = make_customer_id(f"Broker{i}")
+            resp = await xc.request(
+                "POST", "/xcloud/v1/customers", json.dumps(example(customerId=cid)).encode()
+            )
+            assert resp.status == 201, resp.body
+            sent.append(cid)
+
+        for i in range(5):
+            await register(i)
+        await asyncio.to_thread(subprocess.run, [services_sh, "stop", "kafka"], check=True)
+        try:
+            for i in range(5, 40):
+                await register(i)
+                await asyncio.sleep(0.05)
+        finally:
+            await asyncio.to_thread(subprocess.run, [services_sh, "start", "kafka"], check=True)
+        for i in range(40, 45):
+            await register(i)
+    await wait_for(lambda: _none_pending(clean_db), timeout=120, interval=0.5)
+    received = await read_topic(
+        topic_settings.kafka_bootstrap_servers, topic_settings.topic, until=len(sent)
+    )
+    assert {r.event["subject"] for r in received} == set(sent)
