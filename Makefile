@@ -28,16 +28,16 @@ run: install
 	@scripts/run.sh
 
 test: install
-	$(BIN)/ruff check service tests scripts
+	$(BIN)/ruff check service tests scripts examples
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check service tests scripts
-	$(BIN)/ruff format --check service tests scripts
+	$(BIN)/ruff check service tests scripts examples
+	$(BIN)/ruff format --check service tests scripts examples
 
 format: install
-	$(BIN)/ruff format service tests scripts
-	$(BIN)/ruff check --fix service tests scripts
+	$(BIN)/ruff format service tests scripts examples
+	$(BIN)/ruff check --fix service tests scripts examples
 
 services: install
 	@scripts/services.sh start

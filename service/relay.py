@@ -287,14 +287,18 @@ class Relay:
         results = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
         acked: list[int] = []
         failed: list[int] = []
+        failed_customers: set[str] = set()
         for (row, _), result in zip(sent, results, strict=True):
-            if not isinstance(result, BaseException):
-                acked.append(row["id"])
-            elif isinstance(result, PERMANENT):
+            if isinstance(result, PERMANENT):
                 dead.append((row["id"], result))
-            else:
+            elif isinstance(result, BaseException) or row["customer_id"] in failed_customers:
+                # A later event of a customer whose earlier event failed stays pending
+                # too, so it is published again after that one (docs/relay.md).
                 failed.append(row["id"])
+                failed_customers.add(row["customer_id"])
                 transient = transient or result
+            else:
+                acked.append(row["id"])
 
         if acked:
             await self._conn.execute(store.MARK_PUBLISHED_SQL, acked)

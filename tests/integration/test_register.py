@@ -9,6 +9,7 @@ import re
 
 import pytest
 
+from service import auth
 from service.client import Conflict, InvalidRequest, XCloudClient, make_customer_id
 from service.schemas import CustomerCreatedSchema
 from tests.helpers import DOC_EXAMPLE, example, row_counts
@@ -314,3 +315,25 @@ async def test_unknown_route_and_wrong_method_are_json(api):
     assert wrong.status == 405
     assert (await wrong.json())["error"] == "METHOD_NOT_ALLOWED"
     assert wrong.headers["X-Request-Id"]
+
+
+async def test_a_chunked_body_over_64_kib_is_413(api, credential, clean_db):
+    """No Content-Length to check up front: the read itself stops at the limit."""
+    body = json.dumps(example(description="x" * (70 * 1024))).encode()
+    headers = auth.sign_request(
+        service_id=credential[0],
+        secret=credential[1],
+        method="POST",
+        path_and_query=PATH,
+        body=body,
+        content_type="application/json",
+    )
+
+    async def chunks():
+        for i in range(0, len(body), 8192):
+            yield body[i : i + 8192]
+
+    resp = await api.post(PATH, data=chunks(), headers=headers)
+    assert resp.status == 413
+    assert (await resp.json())["error"] == "PAYLOAD_TOO_LARGE"
+    assert await row_counts(clean_db) == (0, 0)
