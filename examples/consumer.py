@@ -1,6 +1,6 @@
 """Example downstream consumer of XCloud customer events: copy it and change handle().
 
-    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:59092 python examples/consumer.py --group my-service
+    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:29092 python examples/consumer.py --group my-service
 
 Delivery is at least once, so the same event (same `id`) can arrive more than once:
 after a relay crash, or after this consumer restarts before committing its offsets.
@@ -93,7 +93,7 @@ async def consume(bootstrap: str, topic: str, group: str, max_events: int | None
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:59092")
+        "--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:29092")
     )
     parser.add_argument("--topic", default=os.environ.get("XCLOUD_TOPIC", "xcloud.customers"))
     parser.add_argument("--group", default="xcloud-example-consumer")

@@ -8,15 +8,17 @@
 #   scripts/services.sh status                   what runs where
 #   scripts/services.sh env                      print the variables to export
 #
-# Ports: XCLOUD_PG_PORT (55432), XCLOUD_KAFKA_PORT (59092; controller = port + 1).
+# Ports: XCLOUD_PG_PORT (25432), XCLOUD_KAFKA_PORT (29092; controller = port + 1). Both lie
+# below Linux's ephemeral range (32768-60999): a client that keeps reconnecting to a
+# stopped server in that range can connect to itself and squat on the port.
 # State lives under .cache/ (gitignored); .cache/services.env records where things are.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE="$ROOT/.cache"
 ENV_FILE="$CACHE/services.env"
-PG_PORT=${XCLOUD_PG_PORT:-55432}
-KAFKA_PORT=${XCLOUD_KAFKA_PORT:-59092}
+PG_PORT=${XCLOUD_PG_PORT:-25432}
+KAFKA_PORT=${XCLOUD_KAFKA_PORT:-29092}
 KAFKA_CONTROLLER_PORT=$((KAFKA_PORT + 1))
 KAFKA_HOME="$CACHE/kafka"
 KAFKA_LIBS="$KAFKA_HOME/libs"

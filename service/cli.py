@@ -123,6 +123,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # aiokafka logs every failed reconnect; the relay logs each change of state instead.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     args = parser().parse_args(argv)
     return args.func(args)
 
