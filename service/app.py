@@ -16,7 +16,8 @@ from aiohttp import web
 from service import auth, credentials, db, handlers, relay
 from service.config import Settings
 from service.errors import ApiError, from_http_exception
-from service.keys import BODY, CALLER, CREDENTIALS, POOL, RELAY, REQUEST_ID, SETTINGS
+from service.keys import BODY, CALLER, CREDENTIALS, CURSORS, POOL, RELAY, REQUEST_ID, SETTINGS
+from service.pagination import CursorSigner
 
 log = logging.getLogger("xcloud.api")
 
@@ -128,9 +129,15 @@ async def _relay(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings, *, with_relay: bool = False) -> web.Application:
     app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=MAX_BODY)
     app[SETTINGS] = settings
+    app[CURSORS] = CursorSigner(settings.secret_key)
     app.cleanup_ctx.extend([_database, _nonce_sweeper])
     if with_relay:
         app.cleanup_ctx.append(_relay)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_post(f"{API_PREFIX}/customers", handlers.register_customer)
+    app.router.add_get(f"{API_PREFIX}/customers", handlers.list_customers, allow_head=False)
+    one = app.router.add_resource(f"{API_PREFIX}/customers/{{customerId}}")
+    one.add_route("GET", handlers.get_customer)
+    one.add_route("PUT", handlers.update_customer)
+    one.add_route("HEAD", handlers.customers_exist)  # 1-100 comma-separated ids
     return app

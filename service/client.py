@@ -185,3 +185,21 @@ class XCloudClient:
 
     async def register_customer(self, customer: dict[str, Any]) -> dict[str, Any]:
         return (await self.call("register_customer", body=customer)).body
+
+    async def get_customer(self, customer_id: str) -> dict[str, Any]:
+        return (await self.call("get_customer", customerId=customer_id)).body
+
+    async def list_customers(
+        self, *, limit: int | None = None, status: str | None = None, cursor: str | None = None
+    ) -> dict[str, Any]:
+        query = {"limit": limit, "status": status, "cursor": cursor}
+        return (await self.call("list_customers", query=query)).body
+
+    async def update_customer(self, customer_id: str, customer: dict[str, Any]) -> dict[str, Any]:
+        return (await self.call("update_customer", body=customer, customerId=customer_id)).body
+
+    async def missing_customers(self, customer_ids: list[str]) -> list[str]:
+        """The ids of `customer_ids` (at most 100) that do not exist."""
+        resp = await self.call("customers_exist", customerIds=",".join(customer_ids))
+        missing = resp.headers.get("X-Missing-Customer-Ids", "")
+        return missing.split(",") if resp.status == 404 and missing else []

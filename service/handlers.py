@@ -10,8 +10,9 @@ from aiohttp import web
 from marshmallow import ValidationError
 
 from service import auth, credentials, customers, events, schemas, store
-from service.errors import ApiError, validation_error
-from service.keys import BODY, CALLER, POOL, SETTINGS
+from service.errors import ApiError, customer_not_found, validation_error
+from service.keys import BODY, CALLER, CURSORS, POOL, SETTINGS
+from service.pagination import BadCursor, Position
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -109,3 +110,160 @@ async def register_customer(request: web.Request) -> web.Response:
         dumps=_json_dumps,
         headers={"Location": f"/xcloud/v1/customers/{customer_id}"},
     )
+
+
+# --- reads and updates (contract sections 5-8) ------------------------------------
+
+_LIST_PARAMS = ("limit", "cursor", "status")
+
+
+def _path_customer_id(request: web.Request) -> str:
+    customer_id = request.match_info["customerId"]
+    if not schemas.is_customer_id(customer_id):
+        raise validation_error({"customerId": ["Not a valid customer id."]})
+    return customer_id
+
+
+def _represent(row: Any) -> dict[str, Any]:
+    return customers.representation(
+        row["customer_id"],
+        row["status"],
+        json.loads(row["data"]),
+        row["created_at"],
+        row["updated_at"],
+    )
+
+
+def _etag(row: Any) -> str:
+    return customers.etag(row["customer_id"], row["version"], row["updated_at"])
+
+
+def _matches(header: str, tag: str) -> bool:
+    """If-Match / If-None-Match: "*" or a list of strong entity tags."""
+    return header.strip() == "*" or tag in (t.strip() for t in header.split(","))
+
+
+async def list_customers(request: web.Request) -> web.Response:
+    query = request.query
+    details: dict[str, list[str]] = {}
+    for key in set(query):
+        if key not in _LIST_PARAMS:
+            details[key] = ["Unknown parameter."]
+        elif len(query.getall(key)) > 1:
+            details[key] = ["Given more than once."]
+    limit = 50
+    if "limit" in query:
+        raw = query["limit"]
+        if raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 100:
+            limit = int(raw)
+        else:
+            details["limit"] = ["Must be a whole number from 1 to 100."]
+    status = query.get("status")
+    if status is not None and status not in schemas.STATUSES:
+        details["status"] = [f"Must be one of: {', '.join(schemas.STATUSES)}."]
+    after = None
+    if "cursor" in query and "status" not in details:
+        try:
+            after = request.app[CURSORS].decode(query["cursor"], status)
+        except BadCursor as exc:
+            details["cursor"] = [str(exc)]
+    if details:
+        raise validation_error(details)
+
+    rows = await store.list_page(
+        request.app[POOL],
+        limit=limit + 1,  # one more tells whether there is a next page
+        status=status,
+        after=None if after is None else (after.created_at, after.customer_id),
+    )
+    page = rows[:limit]
+    next_cursor = None
+    if len(rows) > limit:
+        last = page[-1]
+        next_cursor = request.app[CURSORS].encode(
+            Position(last["created_at"], last["customer_id"]), status
+        )
+    body = {"customers": [_represent(r) for r in page], "nextCursor": next_cursor}
+    return web.json_response(body, dumps=_json_dumps)
+
+
+async def get_customer(request: web.Request) -> web.Response:
+    customer_id = _path_customer_id(request)
+    row = await store.get(request.app[POOL], customer_id)
+    if row is None:
+        raise customer_not_found(customer_id)
+    tag = _etag(row)
+    if _matches(request.headers.get("If-None-Match", ""), tag):
+        return web.Response(status=304, headers={"ETag": tag})
+    return web.json_response(_represent(row), dumps=_json_dumps, headers={"ETag": tag})
+
+
+@claims_nonce
+async def update_customer(request: web.Request) -> web.Response:
+    try:
+        customer_id = _path_customer_id(request)
+    except ApiError as exc:
+        raise await reject(request, exc) from None
+    doc = await json_object(request)
+    try:
+        valid = schemas.load_update(doc)
+    except ValidationError as exc:
+        raise await reject(request, validation_error(schemas.dotted(exc.messages))) from None
+    if valid.get("customerId", customer_id) != customer_id:
+        raise await reject(
+            request, validation_error({"customerId": ["Must equal the customer id in the path."]})
+        )
+
+    if_match = request.headers.get("If-Match")
+    caller = request[CALLER]
+    error: ApiError | None = None
+    try:
+        async with store.customer_for_update(
+            request.app[POOL], caller.service_id, caller.nonce, customer_id
+        ) as locked:
+            row = locked.row
+            if row is None:
+                error = customer_not_found(customer_id)
+            elif if_match is not None and not _matches(if_match, _etag(row)):
+                error = ApiError(
+                    412, "PRECONDITION_FAILED", "If-Match does not match the current ETag"
+                )
+            else:
+                old = json.loads(row["data"])
+                data = customers.mutable_fields(valid, old["limits"])
+                if data == old and valid["status"] == row["status"]:
+                    body, tag = _represent(row), _etag(row)  # nothing changed: no event
+                else:
+                    now = max(customers.utc_now(), row["updated_at"])
+                    body = customers.representation(
+                        customer_id, valid["status"], data, row["created_at"], now
+                    )
+                    event_id, payload = events.envelope(events.UPDATED, body, now)
+                    version = await locked.save(
+                        valid["status"],
+                        data,
+                        now,
+                        store.Event(event_id, customers.lane_of(customer_id), payload),
+                    )
+                    tag = customers.etag(customer_id, version, now)
+    except store.Replayed:
+        raise auth.replayed() from None
+    if error is not None:
+        raise error
+    return web.json_response(body, dumps=_json_dumps, headers={"ETag": tag})
+
+
+async def customers_exist(request: web.Request) -> web.Response:
+    ids = request.match_info["customerId"].split(",")
+    if len(ids) > 100:
+        raise validation_error({"customerIds": ["At most 100 ids."]})
+    bad = [i for i in ids if not schemas.is_customer_id(i)]
+    if bad:
+        raise validation_error({"customerIds": ["Not a valid customer id."]})
+    unique = list(dict.fromkeys(ids))
+    found = await store.existing(request.app[POOL], unique)
+    missing = [i for i in unique if i not in found]
+    if missing:
+        return web.Response(status=404, headers={"X-Missing-Customer-Ids": ",".join(missing)})
+    headers = {"ETag": _etag(found[unique[0]])} if len(unique) == 1 else {}
+    return web.Response(status=200, headers=headers)

@@ -8,11 +8,13 @@ from aiohttp import web
 from service.auth import SignedRequest
 from service.config import Settings
 from service.credentials import CredentialStore
+from service.pagination import CursorSigner
 from service.relay import Relay
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 CREDENTIALS = web.AppKey("credentials", CredentialStore)
+CURSORS = web.AppKey("cursors", CursorSigner)
 RELAY = web.AppKey("relay", Relay)  # present when the relay runs in this process
 
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -3,8 +3,10 @@ its outbox row together; the database, not a read before the write, decides conf
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -75,6 +77,110 @@ async def register(
     if not row["fresh_nonce"]:
         raise Replayed
     return row["created"]
+
+
+# --- Reads ---------------------------------------------------------------------------
+
+_COLUMNS = "customer_id, status, data, created_at, updated_at, version"
+
+
+GET_SQL = f"SELECT {_COLUMNS} FROM customers WHERE customer_id = $1"
+EXISTING_SQL = (
+    "SELECT customer_id, updated_at, version FROM customers WHERE customer_id = ANY($1::text[])"
+)
+
+
+async def get(pool: asyncpg.Pool, customer_id: str) -> asyncpg.Record | None:
+    return await pool.fetchrow(GET_SQL, customer_id)
+
+
+# Keyset pages: each variant is one index range scan (sql/002), whatever the page number.
+LIST_SQL = {
+    (False, False): f"""SELECT {_COLUMNS} FROM customers
+        ORDER BY created_at, customer_id LIMIT $1""",
+    (False, True): f"""SELECT {_COLUMNS} FROM customers
+        WHERE (created_at, customer_id) > ($2, $3)
+        ORDER BY created_at, customer_id LIMIT $1""",
+    (True, False): f"""SELECT {_COLUMNS} FROM customers WHERE status = $2
+        ORDER BY created_at, customer_id LIMIT $1""",
+    (True, True): f"""SELECT {_COLUMNS} FROM customers
+        WHERE status = $2 AND (created_at, customer_id) > ($3, $4)
+        ORDER BY created_at, customer_id LIMIT $1""",
+}
+
+
+async def list_page(
+    pool: asyncpg.Pool,
+    *,
+    limit: int,
+    status: str | None = None,
+    after: tuple[datetime, str] | None = None,
+) -> list[asyncpg.Record]:
+    args: list[Any] = [limit]
+    if status is not None:
+        args.append(status)
+    if after is not None:
+        args.extend(after)
+    return await pool.fetch(LIST_SQL[(status is not None, after is not None)], *args)
+
+
+async def existing(pool: asyncpg.Pool, customer_ids: list[str]) -> dict[str, asyncpg.Record]:
+    rows = await pool.fetch(EXISTING_SQL, customer_ids)
+    return {r["customer_id"]: r for r in rows}
+
+
+# --- Updates -------------------------------------------------------------------------
+
+_UPDATE_SQL = """
+WITH updated AS (
+    UPDATE customers SET status = $2, data = $3::jsonb, updated_at = $4, version = version + 1
+    WHERE customer_id = $1
+    RETURNING version
+)
+INSERT INTO outbox (event_id, event_type, customer_id, lane, payload)
+SELECT $5, 'CustomerUpdated', $1, $6, $7 FROM updated
+RETURNING (SELECT version FROM updated)
+"""
+
+
+class LockedCustomer:
+    """A customer row held under FOR UPDATE until the transaction ends. Every writer of
+    a customer's events holds this lock, which makes outbox id order commit order."""
+
+    def __init__(self, conn: asyncpg.Connection, customer_id: str, row: asyncpg.Record | None):
+        self._conn = conn
+        self.customer_id = customer_id
+        self.row = row
+
+    async def save(
+        self, status: str, data: dict[str, Any], updated_at: datetime, event: Event
+    ) -> int:
+        """Write the new state and its CustomerUpdated event; return the new version."""
+        return await self._conn.fetchval(
+            _UPDATE_SQL,
+            self.customer_id,
+            status,
+            json.dumps(data, ensure_ascii=False, separators=(",", ":")),
+            updated_at,
+            event.event_id,
+            event.lane,
+            event.payload,
+        )
+
+
+@contextlib.asynccontextmanager
+async def customer_for_update(
+    pool: asyncpg.Pool, service_id: str, nonce: str, customer_id: str
+) -> AsyncIterator[LockedCustomer]:
+    """Claim the nonce and lock the customer in one transaction; commit on leaving
+    (a 404 or 412 decided inside still uses the nonce up), roll back on an exception."""
+    async with pool.acquire() as conn, conn.transaction():
+        if await conn.fetchval(CLAIM_NONCE_SQL, service_id, nonce) is None:
+            raise Replayed
+        row = await conn.fetchrow(
+            f"SELECT {_COLUMNS} FROM customers WHERE customer_id = $1 FOR UPDATE", customer_id
+        )
+        yield LockedCustomer(conn, customer_id, row)
 
 
 # --- The outbox, as the relay sees it ------------------------------------------------

@@ -200,3 +200,34 @@ async def test_client_signs_what_the_server_checks(xc, clean_db):
     resp = await xc.request("POST", PATH + "?dry=1&x=%20y", json.dumps(DOC_EXAMPLE).encode())
     assert resp.status == 201, resp.body
     assert isinstance(xc, XCloudClient)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", PATH),
+        ("GET", PATH + "/FST-12345678-x"),
+        ("PUT", PATH + "/FST-12345678-x"),
+        ("HEAD", PATH + "/FST-12345678-x"),
+    ],
+)
+async def test_every_customer_route_needs_a_signature(api, clean_db, method, path):
+    resp = await api.request(method, path)
+    assert resp.status == 401
+    assert resp.headers["WWW-Authenticate"] == "HMAC-SHA256"
+    if method != "HEAD":
+        assert (await resp.json())["error"] == "AUTH_REQUIRED"
+
+
+async def test_a_get_replay_is_refused_too(api, credential, clean_db):
+    headers = auth.sign_request(
+        service_id=credential[0],
+        secret=credential[1],
+        method="GET",
+        path_and_query=PATH + "?limit=5",
+    )
+    first = await api.get(PATH + "?limit=5", headers=headers)
+    assert first.status == 200
+    again = await api.get(PATH + "?limit=5", headers=headers)
+    assert again.status == 401
+    assert (await again.json())["error"] == "REPLAYED_REQUEST"
