@@ -13,13 +13,14 @@ from collections.abc import AsyncIterator
 import asyncpg
 from aiohttp import web
 
-from service import auth, credentials, db, handlers, relay
+from service import auth, credentials, db, handlers, metrics, relay
 from service.config import Settings
 from service.errors import ApiError, from_http_exception
 from service.keys import BODY, CALLER, CREDENTIALS, CURSORS, POOL, RELAY, REQUEST_ID, SETTINGS
 from service.pagination import CursorSigner
 
 log = logging.getLogger("xcloud.api")
+access_log = logging.getLogger("xcloud.access")
 
 MAX_BODY = 64 * 1024
 API_PREFIX = "/xcloud/v1"
@@ -30,7 +31,9 @@ _DB_UNAVAILABLE = (*db.UNAVAILABLE, asyncpg.PostgresConnectionError)
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: handlers.Handler) -> web.StreamResponse:
-    """Request id in and out; every failure as the contract's JSON error."""
+    """Request id in and out; every failure as the contract's JSON error; one log line
+    and the request metrics for every answer."""
+    started = time.perf_counter()
     rid = request.headers.get("X-Request-Id", "")
     if not _SANE_REQUEST_ID.fullmatch(rid):
         rid = uuid.uuid4().hex
@@ -47,15 +50,35 @@ async def error_middleware(request: web.Request, handler: handlers.Handler) -> w
             raise
         response = from_http_exception(exc).response()
     except _DB_UNAVAILABLE as exc:
-        log.warning("database unavailable: %s (request %s)", type(exc).__name__, rid)
+        log.warning("database unavailable", extra={"request_id": rid, "error": type(exc).__name__})
         response = ApiError(
             503, "SERVICE_UNAVAILABLE", "The database is unavailable", headers={"Retry-After": "1"}
         ).response()
     except Exception:
-        log.exception("unexpected error (request %s)", rid)
+        log.exception("unexpected error", extra={"request_id": rid})
         response = ApiError(500, "INTERNAL_ERROR", "Unexpected error", requestId=rid).response()
     response.headers["X-Request-Id"] = rid
+    _observe(request, response.status, time.perf_counter() - started)
     return response
+
+
+def _observe(request: web.Request, status: int, seconds: float) -> None:
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    metrics.REQUESTS.labels(request.method, route, status).inc()
+    metrics.LATENCY.labels(request.method, route, status).observe(seconds)
+    caller = request.get(CALLER)
+    access_log.info(
+        "request",
+        extra={
+            "request_id": request[REQUEST_ID],
+            "service_id": caller.service_id if caller is not None else None,
+            "method": request.method,
+            "route": route,
+            "status": status,
+            "duration_ms": round(seconds * 1000, 3),
+        },
+    )
 
 
 @web.middleware
@@ -133,7 +156,10 @@ def create_app(settings: Settings, *, with_relay: bool = False) -> web.Applicati
     app.cleanup_ctx.extend([_database, _nonce_sweeper])
     if with_relay:
         app.cleanup_ctx.append(_relay)
-    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/healthz", handlers.healthz, allow_head=False)
+    app.router.add_get("/readyz", handlers.readyz, allow_head=False)
+    app.router.add_get("/metrics", handlers.prometheus, allow_head=False)
+    app.router.add_get("/openapi.json", handlers.openapi, allow_head=False)
     app.router.add_post(f"{API_PREFIX}/customers", handlers.register_customer)
     app.router.add_get(f"{API_PREFIX}/customers", handlers.list_customers, allow_head=False)
     one = app.router.add_resource(f"{API_PREFIX}/customers/{{customerId}}")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import re
 import sys
 
-from service import config, credentials, db
+import asyncpg
+
+from service import config, credentials, db, logs
 
 _SERVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -27,6 +28,12 @@ def _service_id(value: str) -> str:
     return value
 
 
+def _positive(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 256:
+        raise argparse.ArgumentTypeError("must be a whole number from 1 to 256")
+    return int(value)
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = _settings()
     applied = asyncio.run(db.migrate(settings.database_url))
@@ -35,23 +42,18 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
-    from service.app import create_app
+    from service import server
 
     settings = _settings(need_kafka=not args.no_relay)
-    web.run_app(
-        create_app(settings, with_relay=not args.no_relay),
-        host=settings.host,
-        port=settings.port,
-        access_log=None,
-        print=lambda msg: print(
-            f"xcloud: serving on http://{settings.host}:{settings.port}",
-            file=sys.stderr,
-            flush=True,
-        ),
-    )
-    return 0
+    with_relay = not args.no_relay
+    if args.worker_index is not None:  # started by the supervisor below
+        server.run_worker(settings, with_relay=with_relay, reuse_port=True)
+        return 0
+    workers = args.workers or server.default_workers()
+    if workers == 1:
+        server.run_worker(settings, with_relay=with_relay, reuse_port=False)
+        return 0
+    return server.supervise(workers, with_relay=with_relay)
 
 
 def cmd_relay(args: argparse.Namespace) -> int:
@@ -63,7 +65,7 @@ def cmd_relay(args: argparse.Namespace) -> int:
 
 
 async def _with_conn(dsn: str, work):
-    conn = await db.wait_for(lambda: __import__("asyncpg").connect(dsn), "PostgreSQL")
+    conn = await db.wait_for(lambda: asyncpg.connect(dsn), "PostgreSQL")
     try:
         return await work(conn)
     finally:
@@ -106,6 +108,13 @@ def parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the HTTP API (with the outbox relay)")
     serve.add_argument("--no-relay", action="store_true", help="do not run the relay inside")
+    serve.add_argument(
+        "--workers",
+        type=_positive,
+        default=None,
+        help="worker processes sharing the port (default: one per CPU)",
+    )
+    serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     sub.add_parser("relay", help="run the outbox relay alone").set_defaults(func=cmd_relay)
@@ -122,9 +131,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # aiokafka logs every failed reconnect; the relay logs each change of state instead.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    logs.setup()
     args = parser().parse_args(argv)
     return args.func(args)
 

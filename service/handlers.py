@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -9,9 +10,9 @@ from typing import Any
 from aiohttp import web
 from marshmallow import ValidationError
 
-from service import auth, credentials, customers, events, schemas, store
+from service import auth, credentials, customers, events, metrics, schemas, store
 from service.errors import ApiError, customer_not_found, validation_error
-from service.keys import BODY, CALLER, CURSORS, POOL, SETTINGS
+from service.keys import BODY, CALLER, CURSORS, POOL, RELAY, SETTINGS
 from service.pagination import BadCursor, Position
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -58,6 +59,31 @@ async def json_object(request: web.Request) -> dict[str, Any]:
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when the database answers; the relay's state is reported, not required."""
+    try:
+        await asyncio.wait_for(request.app[POOL].fetchval("SELECT 1"), 2.0)
+    except TimeoutError:
+        raise ApiError(503, "SERVICE_UNAVAILABLE", "The database does not answer") from None
+    outbox_relay = request.app.get(RELAY)
+    relay_state: dict[str, Any] | str = "not running in this process"
+    if outbox_relay is not None:
+        stats = outbox_relay.stats
+        relay_state = {"state": stats.state, "lanes": stats.lanes, "lastError": stats.last_error}
+    return web.json_response({"status": "ready", "database": "ok", "relay": relay_state})
+
+
+async def prometheus(request: web.Request) -> web.Response:
+    body = await metrics.render(request.app[POOL])
+    return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    from service.openapi import build_spec
+
+    return web.json_response(build_spec(), dumps=_json_dumps)
 
 
 @claims_nonce

@@ -30,7 +30,7 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
 )
 
-from service import db, store
+from service import db, metrics, store
 from service.config import Settings
 from service.customers import LANES
 from service.events import CONTENT_TYPE
@@ -221,6 +221,7 @@ class Relay:
         conn, self._conn = self._conn, None
         self._lanes = set()
         self.stats.lanes = 0
+        metrics.LANES.set(0)
         if conn is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), 5)  # releases every lock it held
@@ -251,6 +252,7 @@ class Relay:
                     if len(self._lanes) >= target:
                         break
         self.stats.lanes = len(self._lanes)
+        metrics.LANES.set(len(self._lanes))
 
     # --- publishing --------------------------------------------------------------
 
@@ -303,12 +305,15 @@ class Relay:
         if acked:
             await self._conn.execute(store.MARK_PUBLISHED_SQL, acked)
             self.stats.published += len(acked)
+            metrics.PUBLISHED.inc(len(acked))
         for row_id, exc in dead:
             log.error("outbox row %d dead-lettered: %s", row_id, type(exc).__name__)
             await self._conn.execute(store.DEAD_LETTER_SQL, row_id, _describe(exc))
             self.stats.dead_lettered += 1
+            metrics.DEAD_LETTERED.inc()
         if transient is not None:
             self.stats.failures += 1
+            metrics.PUBLISH_FAILURES.inc()
             if failed:
                 await self._conn.execute(store.RECORD_FAILURE_SQL, failed, _describe(transient))
             raise transient if isinstance(transient, KafkaError) else KafkaError(str(transient))

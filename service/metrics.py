@@ -1,0 +1,105 @@
+"""Prometheus metrics (contract section 10).
+
+With several worker processes (`xcloud serve --workers N`), PROMETHEUS_MULTIPROC_DIR is
+set by the supervisor before any worker starts, and prometheus-client's multiprocess mode
+adds the workers' values up at scrape time. Outbox figures are read from PostgreSQL at
+scrape time, so they are right whichever process answers and whichever runs the relay.
+"""
+
+from __future__ import annotations
+
+import os
+
+import asyncpg
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+REQUESTS = Counter(
+    "xcloud_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
+)
+LATENCY = Histogram(
+    "xcloud_http_request_duration_seconds",
+    "Time from request to answer",
+    ["method", "route", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+PUBLISHED = Counter("xcloud_relay_published_total", "Outbox events acknowledged by Kafka")
+PUBLISH_FAILURES = Counter(
+    "xcloud_relay_publish_failures_total", "Relay batches that failed to publish (retried)"
+)
+DEAD_LETTERED = Counter(
+    "xcloud_relay_dead_lettered_total", "Outbox rows moved to the dead-letter state"
+)
+LANES = Gauge(
+    "xcloud_relay_lanes_held",
+    "Outbox lanes held by this process's relay",
+    multiprocess_mode="livesum",
+)
+POOL = Gauge(
+    "xcloud_db_pool_connections",
+    "Database pool connections by state",
+    ["state"],
+    multiprocess_mode="livesum",
+)
+
+_OUTBOX_SQL = """
+SELECT
+  (SELECT count(*) FROM outbox WHERE published_at IS NULL AND dead_lettered_at IS NULL)
+      AS pending,
+  (SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM outbox
+   WHERE published_at IS NULL AND dead_lettered_at IS NULL) AS oldest_age,
+  (SELECT count(*) FROM outbox WHERE dead_lettered_at IS NOT NULL) AS dead_lettered
+"""
+
+
+class _Snapshot:
+    """A one-off collector for values read from the database just now."""
+
+    def __init__(self, pending: int, oldest_age: float, dead: int) -> None:
+        self._values = (pending, oldest_age, dead)
+
+    def collect(self):
+        pending, oldest_age, dead = self._values
+        yield GaugeMetricFamily(
+            "xcloud_outbox_pending_rows", "Outbox rows not yet published", value=pending
+        )
+        yield GaugeMetricFamily(
+            "xcloud_outbox_oldest_pending_age_seconds",
+            "Age of the oldest unpublished outbox row (0 when none)",
+            value=oldest_age,
+        )
+        yield GaugeMetricFamily(
+            "xcloud_outbox_dead_lettered_rows", "Outbox rows in the dead-letter state", value=dead
+        )
+
+
+def record_pool(pool: asyncpg.Pool) -> None:
+    size, idle = pool.get_size(), pool.get_idle_size()
+    POOL.labels("in_use").set(size - idle)
+    POOL.labels("idle").set(idle)
+    POOL.labels("max").set(pool.get_max_size())
+
+
+async def render(pool: asyncpg.Pool) -> bytes:
+    row = await pool.fetchrow(_OUTBOX_SQL)
+    record_pool(pool)
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        processes = CollectorRegistry()
+        MultiProcessCollector(processes)
+    else:
+        processes = REGISTRY
+    snapshot = CollectorRegistry()
+    snapshot.register(_Snapshot(row["pending"], float(row["oldest_age"]), row["dead_lettered"]))
+    # The text format is a list of metric families: two registries' output concatenate.
+    return generate_latest(processes) + generate_latest(snapshot)

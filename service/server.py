@@ -1,0 +1,113 @@
+"""`xcloud serve`: one process, or a supervisor and N workers sharing one port.
+
+Each worker is a fresh interpreter (not a fork) that binds the port with SO_REUSEPORT,
+so the kernel spreads connections over them. Worker 0 also runs the outbox relay; the
+supervisor restarts a worker that dies, and on SIGTERM/SIGINT stops them all gracefully.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from aiohttp import web
+
+from service.app import create_app
+from service.config import Settings
+
+log = logging.getLogger("xcloud.server")
+
+# How long in-flight requests get to finish after SIGTERM, before the app shuts down.
+SHUTDOWN_GRACE_SECONDS = 15.0
+
+
+def default_workers() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+def run_worker(settings: Settings, *, with_relay: bool, reuse_port: bool) -> None:
+    """Serve until SIGTERM/SIGINT: stop accepting, finish in-flight requests, stop the
+    relay after its batch, close the pool (aiohttp's run_app does it in that order)."""
+    loop = None
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:  # uvloop is optional: plain asyncio works, a little slower
+        pass
+    web.run_app(
+        create_app(settings, with_relay=with_relay),
+        host=settings.host,
+        port=settings.port,
+        reuse_port=reuse_port,
+        access_log=None,  # the app logs one JSON line per request itself
+        shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
+        loop=loop,
+        print=lambda _: log.info(
+            "serving", extra={"host": settings.host, "port": settings.port, "pid": os.getpid()}
+        ),
+    )
+
+
+def supervise(workers: int, *, with_relay: bool) -> int:
+    metrics_dir = tempfile.mkdtemp(prefix="xcloud-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    stopping = False
+
+    def spawn(index: int) -> subprocess.Popen:
+        argv = [sys.executable, "-m", "service.cli", "serve", "--worker-index", str(index)]
+        if not (with_relay and index == 0):
+            argv.append("--no-relay")
+        return subprocess.Popen(argv)  # noqa: S603 - this interpreter, our own module
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in children.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    children = {i: spawn(i) for i in range(workers)}
+    started = {i: time.monotonic() for i in children}
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info(
+        "supervising workers",
+        extra={"workers": workers, "pids": [p.pid for p in children.values()]},
+    )
+    try:
+        while not stopping:
+            time.sleep(0.2)
+            for index, proc in list(children.items()):
+                code = proc.poll()
+                if code is None or stopping:
+                    continue
+                from prometheus_client import multiprocess
+
+                multiprocess.mark_process_dead(proc.pid)
+                if code == 2:  # a configuration error: restarting would fail the same way
+                    log.error("worker exited with a configuration error; stopping")
+                    on_signal(signal.SIGTERM, None)
+                    return 2
+                log.warning("worker died; restarting", extra={"worker": index, "exit": code})
+                if time.monotonic() - started[index] < 1.0:
+                    time.sleep(1.0)  # do not spin on a worker that dies at once
+                children[index] = spawn(index)
+                started[index] = time.monotonic()
+        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS + 75  # grace + relay's batch
+        for proc in children.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("worker did not stop in time; killing it", extra={"pid": proc.pid})
+                proc.kill()
+                proc.wait()
+        return 0
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from service import config
+from service.app import create_app
+from service.client import XCloudClient
+from tests.conftest import SECRET_KEY
+from tests.helpers import TcpProxy
+
+
+@pytest.fixture
+async def proxied_api(aiohttp_client, settings, credential):
+    """The app with its database behind a proxy the test can cut."""
+    parts = urlsplit(settings.database_url)
+    proxy = await TcpProxy(parts.hostname, parts.port).start()
+    netloc = parts.netloc.replace(f"{parts.hostname}:{parts.port}", f"127.0.0.1:{proxy.port}")
+    proxied = config.load(
+        {
+            "DATABASE_URL": urlunsplit(parts._replace(netloc=netloc)),
+            "XCLOUD_SECRET_KEY": SECRET_KEY,
+        }
+    )
+    client = await aiohttp_client(create_app(proxied))
+    xc = XCloudClient(str(client.make_url("")), *credential)
+    yield proxy, xc
+    await xc.close()
+    await proxy.cut()
