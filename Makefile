@@ -6,11 +6,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: help install run test lint format services stop status clean
+.PHONY: help install run test bench lint format services stop status clean
 
 help:
 	@echo "make run      start PostgreSQL + Kafka locally, migrate, create a dev credential, serve"
 	@echo "make test     the whole suite against real PostgreSQL and Kafka"
+	@echo "make bench    benchmarks (QUICK=1 for the 5-minute version)"
 	@echo "make lint     ruff check + format check"
 	@echo "make stop     stop the local PostgreSQL and Kafka"
 
@@ -28,16 +29,23 @@ run: install
 	@scripts/run.sh
 
 test: install
-	$(BIN)/ruff check service tests scripts examples
+	$(BIN)/ruff check service tests scripts examples bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Not part of `make test`: takes ~15 minutes (QUICK=1: under 5) and needs Go for the
+# load generator. Ends with the two ratio lines.
+bench: install
+	@command -v go >/dev/null || { echo "bench needs Go (apt-get install golang)"; exit 1; }
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test,bench]'
+	$(BIN)/python bench/run.py $(if $(QUICK),--quick,)
+
 lint: install
-	$(BIN)/ruff check service tests scripts examples
-	$(BIN)/ruff format --check service tests scripts examples
+	$(BIN)/ruff check service tests scripts examples bench
+	$(BIN)/ruff format --check service tests scripts examples bench
 
 format: install
-	$(BIN)/ruff format service tests scripts examples
-	$(BIN)/ruff check --fix service tests scripts examples
+	$(BIN)/ruff format service tests scripts examples bench
+	$(BIN)/ruff check --fix service tests scripts examples bench
 
 services: install
 	@scripts/services.sh start

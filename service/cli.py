@@ -9,7 +9,7 @@ import sys
 
 import asyncpg
 
-from service import config, credentials, db, logs
+from service import config, credentials, customer_cli, db, logs
 
 _SERVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -60,7 +60,13 @@ def cmd_relay(args: argparse.Namespace) -> int:
     from service import relay
 
     settings = _settings(need_kafka=True)
-    asyncio.run(relay.run_until_signalled(relay.config_from(settings)))
+    try:
+        import uvloop
+
+        run = uvloop.run
+    except ImportError:  # optional: plain asyncio works, a little slower
+        run = asyncio.run
+    run(relay.run_until_signalled(relay.config_from(settings)))
     return 0
 
 
@@ -127,6 +133,8 @@ def parser() -> argparse.ArgumentParser:
     revoke = csub.add_parser("revoke", help="revoke a credential")
     revoke.add_argument("service_id", type=_service_id)
     clients.set_defaults(func=cmd_clients)
+
+    customer_cli.add_commands(sub)
     return p
 
 

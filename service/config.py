@@ -43,7 +43,7 @@ class Settings:
     topic_partitions: int = 6
     topic_replication_factor: int = 1
     relay_batch_size: int = 500
-    outbox_retention_seconds: int = 7 * 24 * 3600
+    outbox_retention_seconds: int = 0
 
 
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$")
@@ -103,7 +103,5 @@ def load(env: Mapping[str, str] | None = None, *, need_kafka: bool = False) -> S
         topic_partitions=_int(env, "XCLOUD_TOPIC_PARTITIONS", 6, 1, 1000),
         topic_replication_factor=_int(env, "XCLOUD_TOPIC_REPLICATION_FACTOR", 1, 1, 32),
         relay_batch_size=_int(env, "XCLOUD_RELAY_BATCH_SIZE", 500, 1, 10_000),
-        outbox_retention_seconds=_int(
-            env, "XCLOUD_OUTBOX_RETENTION_SECONDS", 7 * 24 * 3600, 0, 10**9
-        ),
+        outbox_retention_seconds=_int(env, "XCLOUD_OUTBOX_RETENTION_SECONDS", 0, 0, 10**9),
     )

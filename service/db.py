@@ -44,6 +44,13 @@ async def wait_for(connect, what: str, *, attempts: int = 60, delay: float = 1.0
     raise AssertionError("unreachable")
 
 
+async def _no_session_state(conn: asyncpg.Connection) -> None:
+    """Replaces asyncpg's reset query (UNLISTEN, RESET ALL, advisory unlock...) on release:
+    a round trip per request that buys nothing here, because nothing run through the pool
+    sets session state (the relay's locks and LISTEN live on its own connection). asyncpg
+    still rolls back an open transaction before this is called."""
+
+
 async def create_pool(dsn: str, *, size: int = 20, attempts: int = 60) -> asyncpg.Pool:
     return await wait_for(
         lambda: asyncpg.create_pool(
@@ -53,6 +60,7 @@ async def create_pool(dsn: str, *, size: int = 20, attempts: int = 60) -> asyncp
             command_timeout=30,
             # Statements are few and fixed: keep them prepared on every connection.
             statement_cache_size=256,
+            reset=_no_session_state,
         ),
         "PostgreSQL",
         attempts=attempts,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 from service.customers import rfc3339
 
@@ -28,4 +29,4 @@ def envelope(event_type: str, customer: dict[str, Any], time: datetime) -> tuple
         "datacontenttype": "application/json",
         "data": customer,
     }
-    return event_id, json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return event_id, orjson.dumps(event)

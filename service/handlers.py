@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from aiohttp import web
 from marshmallow import ValidationError
 
 from service import auth, credentials, customers, events, metrics, schemas, store
-from service.errors import ApiError, customer_not_found, validation_error
+from service.errors import ApiError, customer_not_found, json_response, validation_error
 from service.keys import BODY, CALLER, CURSORS, POOL, RELAY, SETTINGS
 from service.pagination import BadCursor, Position
 
@@ -36,10 +36,6 @@ async def reject(request: web.Request, error: ApiError) -> ApiError:
     return error
 
 
-def _json_dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
 async def json_object(request: web.Request) -> dict[str, Any]:
     if request.content_type != "application/json":
         raise await reject(
@@ -47,8 +43,8 @@ async def json_object(request: web.Request) -> dict[str, Any]:
             ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "Content-Type must be application/json"),
         )
     try:
-        doc = json.loads(request[BODY])
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        doc = orjson.loads(request[BODY])
+    except orjson.JSONDecodeError:  # also bad UTF-8, lone surrogates, too deep
         raise await reject(
             request, ApiError(400, "INVALID_JSON", "The body is not valid JSON")
         ) from None
@@ -58,7 +54,7 @@ async def json_object(request: web.Request) -> dict[str, Any]:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -72,7 +68,7 @@ async def readyz(request: web.Request) -> web.Response:
     if outbox_relay is not None:
         stats = outbox_relay.stats
         relay_state = {"state": stats.state, "lanes": stats.lanes, "lastError": stats.last_error}
-    return web.json_response({"status": "ready", "database": "ok", "relay": relay_state})
+    return json_response({"status": "ready", "database": "ok", "relay": relay_state})
 
 
 async def prometheus(request: web.Request) -> web.Response:
@@ -83,7 +79,7 @@ async def prometheus(request: web.Request) -> web.Response:
 async def openapi(request: web.Request) -> web.Response:
     from service.openapi import build_spec
 
-    return web.json_response(build_spec(), dumps=_json_dumps)
+    return json_response(build_spec())
 
 
 @claims_nonce
@@ -130,11 +126,8 @@ async def register_customer(request: web.Request) -> web.Response:
         "apiKeys": {"primary": keys.primary, "secondary": keys.secondary},
         "limits": data["limits"],
     }
-    return web.json_response(
-        body,
-        status=201,
-        dumps=_json_dumps,
-        headers={"Location": f"/xcloud/v1/customers/{customer_id}"},
+    return json_response(
+        body, status=201, headers={"Location": f"/xcloud/v1/customers/{customer_id}"}
     )
 
 
@@ -154,7 +147,7 @@ def _represent(row: Any) -> dict[str, Any]:
     return customers.representation(
         row["customer_id"],
         row["status"],
-        json.loads(row["data"]),
+        orjson.loads(row["data"]),
         row["created_at"],
         row["updated_at"],
     )
@@ -210,7 +203,7 @@ async def list_customers(request: web.Request) -> web.Response:
             Position(last["created_at"], last["customer_id"]), status
         )
     body = {"customers": [_represent(r) for r in page], "nextCursor": next_cursor}
-    return web.json_response(body, dumps=_json_dumps)
+    return json_response(body)
 
 
 async def get_customer(request: web.Request) -> web.Response:
@@ -221,7 +214,7 @@ async def get_customer(request: web.Request) -> web.Response:
     tag = _etag(row)
     if _matches(request.headers.get("If-None-Match", ""), tag):
         return web.Response(status=304, headers={"ETag": tag})
-    return web.json_response(_represent(row), dumps=_json_dumps, headers={"ETag": tag})
+    return json_response(_represent(row), headers={"ETag": tag})
 
 
 @claims_nonce
@@ -255,7 +248,7 @@ async def update_customer(request: web.Request) -> web.Response:
                     412, "PRECONDITION_FAILED", "If-Match does not match the current ETag"
                 )
             else:
-                old = json.loads(row["data"])
+                old = orjson.loads(row["data"])
                 data = customers.mutable_fields(valid, old["limits"])
                 if data == old and valid["status"] == row["status"]:
                     body, tag = _represent(row), _etag(row)  # nothing changed: no event
@@ -276,7 +269,7 @@ async def update_customer(request: web.Request) -> web.Response:
         raise auth.replayed() from None
     if error is not None:
         raise error
-    return web.json_response(body, dumps=_json_dumps, headers={"ETag": tag})
+    return json_response(body, headers={"ETag": tag})
 
 
 async def customers_exist(request: web.Request) -> web.Response:

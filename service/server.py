@@ -7,6 +7,7 @@ supervisor restarts a worker that dies, and on SIGTERM/SIGINT stops them all gra
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -41,8 +43,11 @@ def run_worker(settings: Settings, *, with_relay: bool, reuse_port: bool) -> Non
         loop = uvloop.new_event_loop()
     except ImportError:  # uvloop is optional: plain asyncio works, a little slower
         pass
+    app = create_app(settings, with_relay=with_relay)
+    if reuse_port:  # started by the supervisor: do not outlive it
+        app.cleanup_ctx.append(_exit_with_parent)
     web.run_app(
-        create_app(settings, with_relay=with_relay),
+        app,
         host=settings.host,
         port=settings.port,
         reuse_port=reuse_port,
@@ -53,6 +58,22 @@ def run_worker(settings: Settings, *, with_relay: bool, reuse_port: bool) -> Non
             "serving", extra={"host": settings.host, "port": settings.port, "pid": os.getpid()}
         ),
     )
+
+
+async def _exit_with_parent(app: web.Application) -> AsyncIterator[None]:
+    """A worker whose supervisor was killed (SIGKILL, OOM) stops gracefully instead of
+    holding the port as an orphan."""
+    parent = os.getppid()
+
+    async def watch() -> None:
+        while os.getppid() == parent:  # noqa: ASYNC110 - no event tells us; we must look
+            await asyncio.sleep(1.0)
+        log.warning("supervisor gone; stopping", extra={"pid": os.getpid()})
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    task = asyncio.create_task(watch())
+    yield
+    task.cancel()
 
 
 def supervise(workers: int, *, with_relay: bool) -> int:

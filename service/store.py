@@ -4,7 +4,6 @@ its outbox row together; the database, not a read before the write, decides conf
 from __future__ import annotations
 
 import contextlib
-import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from service.credentials import CLAIM_NONCE_SQL
 
@@ -67,7 +67,7 @@ async def register(
         nonce,
         customer.customer_id,
         customer.status,
-        json.dumps(customer.data, ensure_ascii=False, separators=(",", ":")),
+        orjson.dumps(customer.data).decode(),
         customer.created_at,
         *customer.key_hashes,
         event.event_id,
@@ -160,7 +160,7 @@ class LockedCustomer:
             _UPDATE_SQL,
             self.customer_id,
             status,
-            json.dumps(data, ensure_ascii=False, separators=(",", ":")),
+            orjson.dumps(data).decode(),
             updated_at,
             event.event_id,
             event.lane,
@@ -189,11 +189,13 @@ async def customer_for_update(
 FETCH_PENDING_SQL = """
 SELECT id, customer_id, payload FROM outbox
 WHERE published_at IS NULL AND dead_lettered_at IS NULL AND lane = ANY($1::smallint[])
+  AND id > $2  -- past the batch still in flight
 ORDER BY id
-LIMIT $2
+LIMIT $3
 """
 
 MARK_PUBLISHED_SQL = "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])"
+DELETE_ACKNOWLEDGED_SQL = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
 
 RECORD_FAILURE_SQL = """
 UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1::bigint[])

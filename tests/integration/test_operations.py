@@ -103,8 +103,12 @@ async def start_server(settings, tmp_path) -> AsyncIterator:
     yield start
     for server in started:
         if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait()
+            server.proc.terminate()  # the supervisor stops its workers too
+            try:
+                server.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                server.proc.kill()
+                server.proc.wait()
 
 
 # --- in-process: health, readiness, metrics --------------------------------------
@@ -277,6 +281,28 @@ async def test_sigterm_finishes_the_request_in_flight(start_server, credential, 
         )
         == "Still Served"
     )
+
+
+async def test_workers_do_not_outlive_a_killed_supervisor(start_server):
+    server = await start_server("--workers", "2", "--no-relay")
+    pids = await server.serving_pids(2)
+    server.proc.kill()
+    server.proc.wait()
+    deadline = time.monotonic() + 20
+    alive = set(pids)
+    while alive and time.monotonic() < deadline:
+        alive = {pid for pid in alive if _alive(pid)}
+        await asyncio.sleep(0.2)
+    assert not alive, "orphaned workers still running"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie has exited already
+        return f.read().split()[2] != "Z"
 
 
 async def test_serve_waits_for_a_database_that_is_not_up_yet(settings, tmp_path):

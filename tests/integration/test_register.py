@@ -253,11 +253,13 @@ async def test_unicode_text_round_trips(xc, clean_db):
     assert data["description"] == "日本語の説明"
 
 
-async def test_lone_surrogate_is_a_validation_error(xc, clean_db):
+async def test_a_lone_surrogate_is_not_valid_json_text(xc, clean_db):
+    """A lone UTF-16 surrogate escape encodes no character: PostgreSQL could not store it."""
     raw = json.dumps(example()).replace("Dewatering", "\\ud800Dewatering").encode()
     resp = await post(xc, raw)
     assert resp.status == 400
-    assert "customerName" in resp.body["details"]
+    assert resp.body["error"] == "INVALID_JSON"
+    assert await row_counts(clean_db) == (0, 0)
 
 
 async def test_fifty_concurrent_registrations_of_one_id(xc, clean_db):

@@ -1,0 +1,3 @@
+module xcloud/bench/loadgen
+
+go 1.22
