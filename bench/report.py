@@ -39,6 +39,12 @@ def markdown(r: Any) -> str:
             f"| {reg['p99_ms']:.1f} | {reg['p999_ms']:.1f} | {reg['errors']} "
             f"| {_f(pg['tps'])} | {reg['rps'] / pg['tps']:.2f} |"
         )
+    if r.one_worker:
+        w = r.one_worker
+        lines.append(
+            f"| API only, `--workers 1` | {w['concurrency']} | {_f(w['rps'])} | {w['p50_ms']:.1f} "
+            f"| {w['p99_ms']:.1f} | {w['p999_ms']:.1f} | {w['errors']} | | |"
+        )
     if r.with_relay:
         w = r.with_relay
         lines.append(

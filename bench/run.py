@@ -126,9 +126,12 @@ class Server:
     url: str
 
 
-def start_server(urls: dict[str, str], *, relay: bool, topic: str) -> Server:
+def start_server(
+    urls: dict[str, str], *, relay: bool, topic: str, retention: int = 0, workers: int = 0
+) -> Server:
     env = {
         **os.environ,
+        "XCLOUD_OUTBOX_RETENTION_SECONDS": str(retention),
         "DATABASE_URL": urls["db"],
         "KAFKA_BOOTSTRAP_SERVERS": urls["kafka"],
         "XCLOUD_SECRET_KEY": SECRET_KEY,
@@ -137,6 +140,8 @@ def start_server(urls: dict[str, str], *, relay: bool, topic: str) -> Server:
         "XCLOUD_PORT": str(PORT),
     }
     argv = [sys.executable, "-m", "service.cli", "serve"] + ([] if relay else ["--no-relay"])
+    if workers:
+        argv += ["--workers", str(workers)]
     proc = subprocess.Popen(
         argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -322,14 +327,16 @@ async def raw_producer_rate(pool: asyncpg.Pool, kafka: str, topic: str) -> float
 async def relay_rate(urls: dict[str, str], pool: asyncpg.Pool, topic: str) -> float:
     """Outbox rows per second drained by one `xcloud relay`, from its first publish (so
     start-up, topic creation and connecting are left out) until nothing is pending."""
-    pending = await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-    since = await pool.fetchval("SELECT now()")
+    pending_sql = "SELECT {} FROM outbox WHERE published_at IS NULL"
+    pending = await pool.fetchval(pending_sql.format("count(*)"))
+    first = await pool.fetchval(pending_sql.format("min(id)"))
     env = {
         **os.environ,
         "DATABASE_URL": urls["db"],
         "KAFKA_BOOTSTRAP_SERVERS": urls["kafka"],
         "XCLOUD_SECRET_KEY": SECRET_KEY,
         "XCLOUD_TOPIC": topic,
+        "XCLOUD_OUTBOX_RETENTION_SECONDS": os.environ.get("BENCH_RETENTION", "0"),
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "relay"],
@@ -338,16 +345,22 @@ async def relay_rate(urls: dict[str, str], pool: asyncpg.Pool, topic: str) -> fl
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    deadline = time.monotonic() + 600
     try:
-        while not await pool.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM outbox WHERE published_at > $1)", since
+        # The first row goes out in the relay's first batch (it holds every lane alone).
+        while await pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM outbox WHERE id = $1 AND published_at IS NULL)", first
         ):
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.005)
+            if time.monotonic() > deadline:
+                raise RuntimeError("the relay published nothing")
         started = time.perf_counter()
         while await pool.fetchval(
             "SELECT EXISTS (SELECT 1 FROM outbox WHERE published_at IS NULL)"
         ):
             await asyncio.sleep(0.05)
+            if time.monotonic() > deadline:
+                raise RuntimeError("the relay did not drain the outbox")
         elapsed = time.perf_counter() - started
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -365,6 +378,7 @@ class Report:
     registration: list[dict[str, Any]] = field(default_factory=list)
     pgbench: list[dict[str, Any]] = field(default_factory=list)
     with_relay: dict[str, Any] | None = None
+    one_worker: dict[str, Any] | None = None
     relay: dict[str, Any] = field(default_factory=dict)
     latency: dict[str, Any] = field(default_factory=dict)
     growth: list[dict[str, Any]] = field(default_factory=list)
@@ -388,6 +402,12 @@ async def registration_vs_pgbench(report: Report, urls, secret, levels, seconds)
     finally:
         stop_server(server)
     best = max(report.registration, key=lambda r: r["rps"])["concurrency"]
+    log(f"registrations through one worker process, concurrency {best}")
+    server = start_server(urls, relay=False, topic="bench.unused", workers=1)
+    try:
+        report.one_worker = loadgen(server, secret, "register", best, seconds)
+    finally:
+        stop_server(server)
     log(f"registrations with the relay running inside, concurrency {best}")
     server = start_server(urls, relay=True, topic=f"bench.reg.{int(time.time())}")
     try:
@@ -408,7 +428,10 @@ async def relay_vs_raw(report: Report, urls, pool, backlog) -> None:
 
 async def commit_to_publish(report: Report, urls, pool, secret, rate, seconds) -> None:
     await pool.execute("TRUNCATE outbox")
-    server = start_server(urls, relay=True, topic=f"bench.latency.{int(time.time())}")
+    # Rows are kept (marked with published_at) so the latency can be read from the table.
+    server = start_server(
+        urls, relay=True, topic=f"bench.latency.{int(time.time())}", retention=86400
+    )
     try:
         log(f"commit-to-publish latency at {rate} registrations/s")
         load = loadgen(server, secret, "register", 64, seconds, rate=rate)

@@ -68,6 +68,7 @@ def representation(
     updated_at: datetime,
 ) -> dict[str, Any]:
     """Contract section 4, in its documented key order. Never holds a key or key hash."""
+    created = rfc3339(created_at)
     return {
         "customerId": customer_id,
         "customerName": data["customerName"],
@@ -78,8 +79,8 @@ def representation(
         "location": data["location"],
         "status": status,
         "limits": data["limits"],
-        "createdAt": rfc3339(created_at),
-        "updatedAt": rfc3339(updated_at),
+        "createdAt": created,
+        "updatedAt": created if updated_at == created_at else rfc3339(updated_at),
     }
 
 

@@ -95,11 +95,8 @@ async def register_customer(request: web.Request) -> web.Response:
     now = customers.utc_now()
     data = customers.mutable_fields(valid, settings.limits.as_json())
     keys = customers.ApiKeys.generate()
-    event_id, payload = events.envelope(
-        events.REGISTERED,
-        customers.representation(customer_id, valid["status"], data, now, now),
-        now,
-    )
+    representation = customers.representation(customer_id, valid["status"], data, now, now)
+    event_id, payload = events.envelope(events.REGISTERED, representation, now)
     caller = request[CALLER]
     try:
         created = await store.register(
@@ -122,7 +119,7 @@ async def register_customer(request: web.Request) -> web.Response:
         "customerId": customer_id,
         "customerName": data["customerName"],
         "status": valid["status"],
-        "createdAt": customers.rfc3339(now),
+        "createdAt": representation["createdAt"],
         "apiKeys": {"primary": keys.primary, "secondary": keys.secondary},
         "limits": data["limits"],
     }

@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import sys
 
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 
 def setup(level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        JsonFormatter(
+        OrjsonFormatter(
             "{asctime}{levelname}{name}{process}{message}",
             style="{",
             rename_fields={
