@@ -58,6 +58,8 @@ async def error_middleware(request: web.Request, handler: handlers.Handler) -> w
         log.exception("unexpected error", extra={"request_id": rid})
         response = ApiError(500, "INTERNAL_ERROR", "Unexpected error", requestId=rid).response()
     response.headers["X-Request-Id"] = rid
+    if response.status >= 400 and request.body_exists and not request.content.is_eof():
+        response.force_close()  # a rejected request's unread body is not worth waiting for
     _observe(request, response.status, time.perf_counter() - started)
     return response
 
@@ -88,8 +90,8 @@ async def auth_middleware(request: web.Request, handler: handlers.Handler) -> we
         return await handler(request)  # unknown routes get their 404/405 unauthenticated
     length = request.content_length
     if length is not None and length > MAX_BODY:
-        # Answer before reading any of it; the connection is closed after.
-        raise ApiError(413, "PAYLOAD_TOO_LARGE", "Request body is larger than 64 KiB")
+        # Answer before reading any of it, and close: the rest is never read.
+        return _closing(ApiError(413, "PAYLOAD_TOO_LARGE", "Request body is larger than 64 KiB"))
     signed = auth.parse_headers(request.headers, has_body=request.body_exists)
     auth.check_fresh(signed, time.time())
     path, _, query = request.raw_path.partition("?")
@@ -102,13 +104,26 @@ async def auth_middleware(request: web.Request, handler: handlers.Handler) -> we
         query=query,
         content_type=request.headers.get("Content-Type", ""),
     )
-    body = await request.read() if request.body_exists else b""  # 413 past client_max_size
+    try:  # a body that trickles in must not hold a connection (and a slot) for ever
+        body = (
+            await asyncio.wait_for(request.read(), request.app[SETTINGS].body_timeout_seconds)
+            if request.body_exists
+            else b""
+        )  # read() raises 413 past client_max_size
+    except TimeoutError:
+        return _closing(ApiError(408, "REQUEST_TIMEOUT", "The request body did not arrive in time"))
     auth.check_content_md5(signed, body)
     request[BODY] = body
     request[CALLER] = signed
     if not getattr(request.match_info.handler, "claims_nonce", False):
         await handlers.claim_nonce(request)
     return await handler(request)
+
+
+def _closing(error: ApiError) -> web.Response:
+    response = error.response()
+    response.force_close()
+    return response
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -150,7 +165,13 @@ async def _relay(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings, *, with_relay: bool = False) -> web.Application:
-    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=MAX_BODY)
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware],
+        client_max_size=MAX_BODY,
+        # After an answer that left the body unread, wait at most 1 s (not aiohttp's 10)
+        # for the rest before closing: a trickling body must not hold the connection.
+        handler_args={"lingering_time": 1.0},
+    )
     app[SETTINGS] = settings
     app[CURSORS] = CursorSigner(settings.secret_key)
     app.cleanup_ctx.extend([_database, _nonce_sweeper])

@@ -43,6 +43,7 @@ class Settings:
     topic_partitions: int = 6
     topic_replication_factor: int = 1
     relay_batch_size: int = 500
+    body_timeout_seconds: int = 10
     outbox_retention_seconds: int = 0
 
 
@@ -103,5 +104,6 @@ def load(env: Mapping[str, str] | None = None, *, need_kafka: bool = False) -> S
         topic_partitions=_int(env, "XCLOUD_TOPIC_PARTITIONS", 6, 1, 1000),
         topic_replication_factor=_int(env, "XCLOUD_TOPIC_REPLICATION_FACTOR", 1, 1, 32),
         relay_batch_size=_int(env, "XCLOUD_RELAY_BATCH_SIZE", 500, 1, 10_000),
+        body_timeout_seconds=_int(env, "XCLOUD_BODY_TIMEOUT_SECONDS", 10, 1, 600),
         outbox_retention_seconds=_int(env, "XCLOUD_OUTBOX_RETENTION_SECONDS", 0, 0, 10**9),
     )

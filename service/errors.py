@@ -61,6 +61,7 @@ HTTP_CODES = {
     400: ("BAD_REQUEST", "Bad request"),
     404: ("NOT_FOUND", "No such route"),
     405: ("METHOD_NOT_ALLOWED", "Method not allowed on this route"),
+    408: ("REQUEST_TIMEOUT", "The request did not arrive in time"),
     413: ("PAYLOAD_TOO_LARGE", "Request body is larger than 64 KiB"),
     415: ("UNSUPPORTED_MEDIA_TYPE", "Content-Type must be application/json"),
 }

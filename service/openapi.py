@@ -45,6 +45,7 @@ ERROR_CODES = (
     "CUSTOMER_EXISTS",
     "PRECONDITION_FAILED",
     "PAYLOAD_TOO_LARGE",
+    "REQUEST_TIMEOUT",
     "UNSUPPORTED_MEDIA_TYPE",
     "INTERNAL_ERROR",
     "SERVICE_UNAVAILABLE",
@@ -253,6 +254,7 @@ _FAILURES: dict[int, tuple[str, tuple[str, ...]]] = {
     404: ("Customer with ID '<id>' not found; the body carries customerId", ()),
     409: ("Customer with ID '<id>' already exists; the body carries customerId", ()),
     412: ("If-Match does not match the current ETag", ()),
+    408: ("The request body did not arrive within the time allowed; the connection is closed", ()),
     413: ("Request body larger than 64 KiB", ()),
     415: ("Content-Type is not application/json", ()),
     500: ("Unexpected error; the body carries requestId", ()),
@@ -299,6 +301,7 @@ def _api_operation(
     """A /xcloud/v1 operation: HMAC-signed, with the failures every such route shares."""
     # Any signed request with a body can fail its Content-MD5 check or be too large.
     shared = {400: ("CONTENT_MD5_MISMATCH",), 401: _AUTH_CODES, 413: ("PAYLOAD_TOO_LARGE",)}
+    shared[408] = ("REQUEST_TIMEOUT",)  # a body that does not arrive in time
     shared |= {500: ("INTERNAL_ERROR",), 503: ("SERVICE_UNAVAILABLE",)}
     for status, own in codes.items():
         shared[status] = own + shared.get(status, ())

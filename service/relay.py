@@ -338,8 +338,10 @@ class Relay:
         if acked:
             # Deleting is several times cheaper than marking: an UPDATE writes a new copy
             # of the row (payload included) and its index entries; see docs/relay.md.
-            done_sql = store.MARK_PUBLISHED_SQL if self.config.retention_seconds else (
-                store.DELETE_ACKNOWLEDGED_SQL
+            done_sql = (
+                store.MARK_PUBLISHED_SQL
+                if self.config.retention_seconds
+                else store.DELETE_ACKNOWLEDGED_SQL
             )
             await self._conn.execute(done_sql, acked)
             self.stats.published += len(acked)

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 from dataclasses import dataclass
@@ -55,6 +56,9 @@ def _from_testcontainers() -> Services:
     return Services(pg.get_connection_url(), kafka.get_bootstrap_server(), "testcontainers")
 
 
+_own_database: list[str] = []
+
+
 def _from_local_processes() -> Services:
     subprocess.run([str(ROOT / "scripts" / "services.sh"), "start"], check=True)
     values = dict(
@@ -62,9 +66,24 @@ def _from_local_processes() -> Services:
         for line in (ROOT / ".cache" / "services.env").read_text().splitlines()
         if "=" in line
     )
-    return Services(
-        values["TEST_DATABASE_URL"], values["KAFKA_BOOTSTRAP_SERVERS"], "local processes"
-    )
+    # A database of this session's own: two suites running at once (two terminals, two
+    # developers on one machine) must not truncate each other's tables.
+    name = f"xcloud_test_{os.getpid()}"
+    base = values["TEST_DATABASE_URL"].rsplit("/", 1)[0]
+    asyncio.run(_admin(base, f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}"))
+    _own_database.append(base + "/" + name)
+    return Services(f"{base}/{name}", values["KAFKA_BOOTSTRAP_SERVERS"], "local processes")
+
+
+async def _admin(base: str, *statements: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(base + "/postgres")
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
 
 
 def resolve() -> Services:
@@ -74,3 +93,6 @@ def resolve() -> Services:
 def stop() -> None:
     for container in _containers:
         container.stop()
+    for url in _own_database:
+        base, name = url.rsplit("/", 1)
+        asyncio.run(_admin(base, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))

@@ -234,6 +234,41 @@ async def test_two_workers_share_the_port_and_their_metrics(start_server, creden
         assert secret not in raw
 
 
+async def test_a_replay_sent_to_the_other_worker_process_is_refused(
+    start_server, credential, clean_db
+):
+    from service import auth
+
+    server = await start_server("--workers", "2", "--no-relay")
+    await server.serving_pids(2)
+    body = json.dumps(example(customerId=make_customer_id("ReplayTwo"))).encode()
+    headers = auth.sign_request(
+        service_id=credential[0],
+        secret=credential[1],
+        method="POST",
+        path_and_query=BASE,
+        body=body,
+        content_type="application/json",
+    )
+    statuses = []
+    for _ in range(12):  # a fresh connection each time: the kernel spreads them over workers
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with (
+            aiohttp.ClientSession(connector=connector) as http,
+            http.post(server.url + BASE, data=body, headers=headers) as resp,
+        ):
+            statuses.append((resp.status, (await resp.json()).get("error")))
+    assert statuses.count((201, None)) == 1
+    assert statuses.count((401, "REPLAYED_REQUEST")) == 11
+    pids = {
+        e["pid"]
+        for e in server.log_lines()
+        if e.get("message") == "request" and e.get("route") == BASE
+    }
+    assert len(pids) == 2, "the replays reached both worker processes"
+    assert await clean_db.fetchval("SELECT count(*) FROM outbox") == 1
+
+
 async def test_a_killed_worker_is_replaced(start_server, credential, clean_db):
     server = await start_server("--workers", "2", "--no-relay")
     pids = await server.serving_pids(2)

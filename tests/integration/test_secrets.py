@@ -1,0 +1,95 @@
+"""No secret leaves: not in logs, events, error answers, metrics or a database dump."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from service.client import make_customer_id
+from tests.conftest import SECRET_KEY
+from tests.helpers import DOC_EXAMPLE, example
+
+PATH = "/xcloud/v1/customers"
+
+
+def pg_dump() -> str:
+    for candidate in (
+        "/usr/lib/postgresql/15/bin/pg_dump",
+        *sorted(str(p) for p in Path("/usr/lib/postgresql").glob("*/bin/pg_dump")),
+    ):
+        if Path(candidate).exists():
+            return candidate
+    return "pg_dump"
+
+
+async def test_secrets_appear_nowhere(api, xc, credential, clean_db, settings, caplog):
+    service_secret = credential[1]
+    created = await xc.register_customer(DOC_EXAMPLE)
+    api_keys = list(created["apiKeys"].values())
+    hashes = [
+        bytes(h).hex()
+        for h in await clean_db.fetchrow(
+            "SELECT primary_key_hash, secondary_key_hash FROM customers"
+        )
+    ]
+    # Failures of every kind, so error paths are scanned too.
+    answers = [
+        await xc.request("POST", PATH, json.dumps(DOC_EXAMPLE).encode()),
+        await xc.request("POST", PATH, b"{nope"),
+        await xc.request("POST", PATH, json.dumps(example(status="x")).encode()),
+        await xc.request("GET", f"{PATH}/FST-12345678-none"),
+        await xc.request(
+            "PUT",
+            f"{PATH}/{DOC_EXAMPLE['customerId']}",
+            json.dumps(example(customerName="Renamed")).encode(),
+        ),
+        await xc.request("GET", f"{PATH}?cursor=forged"),
+    ]
+    answers.append(
+        await xc.request(
+            "GET",
+            f"{PATH}/{make_customer_id('x')}",
+            headers={"X-XCloud-Nonce": "tampered-nonce-12345678"},
+        )
+    )
+    metrics = await (await api.get("/metrics")).text()
+    events = [
+        bytes(r["payload"]).decode() for r in await clean_db.fetch("SELECT payload FROM outbox")
+    ]
+    haystacks = {
+        "answers": json.dumps([a.body for a in answers] + [dict(a.headers) for a in answers]),
+        "metrics": metrics,
+        "events": "\n".join(events),
+        "logs": caplog.text,
+    }
+    assert len(events) == 2  # registered + updated: events really were scanned
+    for where, text in haystacks.items():
+        for secret in [service_secret, SECRET_KEY, *api_keys, *hashes]:
+            assert secret not in text, f"a secret in the {where}"
+
+
+async def test_a_database_dump_holds_no_usable_secret(xc, credential, clean_db, settings):
+    created = await xc.register_customer(DOC_EXAMPLE)
+    url = urlsplit(settings.database_url)
+    dump = subprocess.run(
+        [
+            pg_dump(),
+            "-h",
+            url.hostname,
+            "-p",
+            str(url.port),
+            "-U",
+            url.username or "postgres",
+            "--data-only",
+            url.path.lstrip("/"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "service_credentials" in dump and DOC_EXAMPLE["customerId"] in dump  # a real dump
+    assert credential[1] not in dump
+    for key in created["apiKeys"].values():
+        assert key not in dump
