@@ -44,8 +44,10 @@ cat <<MSG
   XCloud registry on http://127.0.0.1:$PORT   (Ctrl-C stops it)
   development credential:
     export XCLOUD_URL=http://127.0.0.1:$PORT XCLOUD_SERVICE_ID=$SERVICE_ID XCLOUD_SECRET=$SECRET
-  try:
-    curl -s http://127.0.0.1:$PORT/healthz
+  try, in another terminal, after the export above:
+    .venv/bin/xcloud fake 1 | .venv/bin/xcloud customers register -
+    .venv/bin/xcloud customers list --limit 5
+    curl -s http://127.0.0.1:$PORT/metrics | grep xcloud_http_requests_total
 
 MSG
 "$XCLOUD" serve &
