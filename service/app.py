@@ -24,6 +24,7 @@ access_log = logging.getLogger("xcloud.access")
 
 MAX_BODY = 64 * 1024
 API_PREFIX = "/xcloud/v1"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # The database is down or unreachable: 503, not 500.
 _DB_UNAVAILABLE = (*db.UNAVAILABLE, asyncpg.PostgresConnectionError)
@@ -67,8 +68,9 @@ async def error_middleware(request: web.Request, handler: handlers.Handler) -> w
 def _observe(request: web.Request, status: int, seconds: float) -> None:
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
-    metrics.REQUESTS.labels(request.method, route, status).inc()
-    metrics.LATENCY.labels(request.method, route, status).observe(seconds)
+    method = request.method if request.method in _METHODS else "OTHER"  # bounded labels
+    metrics.REQUESTS.labels(method, route, status).inc()
+    metrics.LATENCY.labels(method, route, status).observe(seconds)
     caller = request.get(CALLER)
     access_log.info(
         "request",
@@ -112,6 +114,8 @@ async def auth_middleware(request: web.Request, handler: handlers.Handler) -> we
         )  # read() raises 413 past client_max_size
     except TimeoutError:
         return _closing(ApiError(408, "REQUEST_TIMEOUT", "The request body did not arrive in time"))
+    except ConnectionError:  # the caller hung up mid-body: not the database's fault
+        return _closing(ApiError(400, "BAD_REQUEST", "The connection closed before the body"))
     auth.check_content_md5(signed, body)
     request[BODY] = body
     request[CALLER] = signed
@@ -156,12 +160,18 @@ async def _relay(app: web.Application) -> AsyncIterator[None]:
     outbox_relay = relay.Relay(relay.config_from(app[SETTINGS]))
     app[RELAY] = outbox_relay
     task = asyncio.create_task(outbox_relay.run())
+    task.add_done_callback(_report_relay_end)
     yield
     outbox_relay.stop()  # ends its batch in flight; never marks what was not acknowledged
     try:
         await asyncio.wait_for(task, 60)
     except TimeoutError:
         log.error("relay did not stop within 60 s; abandoning its batch (it stays pending)")
+
+
+def _report_relay_end(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the relay stopped for good", exc_info=task.exception())
 
 
 def create_app(settings: Settings, *, with_relay: bool = False) -> web.Application:

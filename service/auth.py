@@ -46,6 +46,7 @@ class SignedRequest:
     timestamp: int
     nonce: str
     content_md5: str
+    timestamp_text: str  # signed as sent (contract 2, line 6), even 0-padded
 
 
 def content_md5(body: bytes) -> str:
@@ -130,7 +131,7 @@ def parse_headers(headers: Mapping[str, str], *, has_body: bool) -> SignedReques
         raise _required()
     if (has_body or md5) and not _MD5.match(md5):
         raise _required()
-    return SignedRequest(match[1], match[2], int(timestamp), nonce, md5)
+    return SignedRequest(match[1], match[2], int(timestamp), nonce, md5, timestamp)
 
 
 def check_fresh(req: SignedRequest, now: float) -> None:
@@ -155,7 +156,7 @@ def check_signature(
         query=query,
         content_md5=req.content_md5,
         content_type=content_type,
-        timestamp=str(req.timestamp),
+        timestamp=req.timestamp_text,
         nonce=req.nonce,
         service_id=req.service_id,
     )

@@ -8,6 +8,7 @@ import re
 import sys
 
 import asyncpg
+from aiokafka.errors import KafkaError
 
 from service import config, credentials, customer_cli, db, logs
 
@@ -66,7 +67,11 @@ def cmd_relay(args: argparse.Namespace) -> int:
         run = uvloop.run
     except ImportError:  # optional: plain asyncio works, a little slower
         run = asyncio.run
-    run(relay.run_until_signalled(relay.config_from(settings)))
+    try:
+        run(relay.run_until_signalled(relay.config_from(settings)))
+    except KafkaError as exc:  # one the relay cannot wait out (a bad topic setting, say)
+        print(f"xcloud: relay failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

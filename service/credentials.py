@@ -7,17 +7,21 @@ be moved to another service id.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from service.auth import WINDOW_SECONDS
+
+log = logging.getLogger("xcloud.credentials")
 
 # A nonce must be remembered for as long as its timestamp could still pass (window
 # either side of now), plus a margin for clock differences between instances.
@@ -73,7 +77,12 @@ class CredentialStore:
             " WHERE service_id = $1 AND revoked_at IS NULL",
             service_id,
         )
-        secret = self._box.open(service_id, row["secret_encrypted"]) if row else None
+        secret = None
+        if row is not None:
+            try:
+                secret = self._box.open(service_id, row["secret_encrypted"])
+            except InvalidTag:  # sealed under another XCLOUD_SECRET_KEY: unusable, not a 500
+                log.error("credential of %s cannot be opened with this key", service_id)
         if len(self._cache) >= self._max_entries:
             self._cache.clear()  # bounded: unknown ids sent by a hostile caller can't grow it
         self._cache[service_id] = (now, secret)

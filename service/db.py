@@ -27,21 +27,23 @@ UNAVAILABLE = (
 )
 
 
-async def wait_for(connect, what: str, *, attempts: int = 60, delay: float = 1.0):
-    """Call `connect()` until it succeeds, saying so on stderr while it does not."""
-    for attempt in range(1, attempts + 1):
+async def wait_for(connect, what: str, *, attempts: int | None = None, delay: float = 1.0):
+    """Call `connect()` until it succeeds (for ever, unless `attempts` says otherwise),
+    saying so on stderr meanwhile: a database that is not up yet is waited for."""
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             return await connect()
         except UNAVAILABLE as exc:
-            if attempt == attempts:
+            if attempts is not None and attempt >= attempts:
                 raise
             print(
-                f"xcloud: waiting for {what} ({type(exc).__name__}); retry {attempt}/{attempts}",
+                f"xcloud: waiting for {what} ({type(exc).__name__}); attempt {attempt}",
                 file=sys.stderr,
                 flush=True,
             )
-            await asyncio.sleep(delay)
-    raise AssertionError("unreachable")
+            await asyncio.sleep(min(delay * attempt, 5.0))
 
 
 async def _no_session_state(conn: asyncpg.Connection) -> None:
@@ -51,7 +53,7 @@ async def _no_session_state(conn: asyncpg.Connection) -> None:
     still rolls back an open transaction before this is called."""
 
 
-async def create_pool(dsn: str, *, size: int = 20, attempts: int = 60) -> asyncpg.Pool:
+async def create_pool(dsn: str, *, size: int = 20, attempts: int | None = None) -> asyncpg.Pool:
     return await wait_for(
         lambda: asyncpg.create_pool(
             dsn,
@@ -73,7 +75,7 @@ def migrations(sql_dir: Path = SQL_DIR) -> list[tuple[str, str]]:
     return [(p.stem, p.read_text(encoding="utf-8")) for p in files]
 
 
-async def migrate(dsn: str, *, attempts: int = 60) -> list[str]:
+async def migrate(dsn: str, *, attempts: int | None = None) -> list[str]:
     """Apply each migration not applied yet, each in its own transaction; return them."""
     conn: asyncpg.Connection = await wait_for(
         lambda: asyncpg.connect(dsn), "PostgreSQL", attempts=attempts

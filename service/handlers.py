@@ -10,7 +10,7 @@ import orjson
 from aiohttp import web
 from marshmallow import ValidationError
 
-from service import auth, credentials, customers, events, metrics, schemas, store
+from service import auth, credentials, customers, events, metrics, relay, schemas, store
 from service.errors import ApiError, customer_not_found, json_response, validation_error
 from service.keys import BODY, CALLER, CURSORS, POOL, RELAY, SETTINGS
 from service.pagination import BadCursor, Position
@@ -67,12 +67,13 @@ async def readyz(request: web.Request) -> web.Response:
     relay_state: dict[str, Any] | str = "not running in this process"
     if outbox_relay is not None:
         stats = outbox_relay.stats
-        relay_state = {"state": stats.state, "lanes": stats.lanes, "lastError": stats.last_error}
+        # The state only: error texts can name internal hosts, and this route is public.
+        relay_state = {"state": stats.state, "lanes": stats.lanes}
     return json_response({"status": "ready", "database": "ok", "relay": relay_state})
 
 
 async def prometheus(request: web.Request) -> web.Response:
-    body = await metrics.render(request.app[POOL])
+    body = await metrics.render(request.app[POOL], relay.LANE_LOCK)
     return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
@@ -281,5 +282,8 @@ async def customers_exist(request: web.Request) -> web.Response:
     missing = [i for i in unique if i not in found]
     if missing:
         return web.Response(status=404, headers={"X-Missing-Customer-Ids": ",".join(missing)})
-    headers = {"ETag": _etag(found[unique[0]])} if len(unique) == 1 else {}
-    return web.Response(status=200, headers=headers)
+    if len(unique) > 1:
+        return web.Response(status=200)
+    tag = _etag(found[unique[0]])  # one id: the same answer as GET, 304 included
+    status = 304 if _matches(request.headers.get("If-None-Match", ""), tag) else 200
+    return web.Response(status=status, headers={"ETag": tag})

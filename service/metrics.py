@@ -8,6 +8,7 @@ scrape time, so they are right whichever process answers and whichever runs the 
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import asyncpg
@@ -41,11 +42,6 @@ PUBLISH_FAILURES = Counter(
 DEAD_LETTERED = Counter(
     "xcloud_relay_dead_lettered_total", "Outbox rows moved to the dead-letter state"
 )
-LANES = Gauge(
-    "xcloud_relay_lanes_held",
-    "Outbox lanes held by this process's relay",
-    multiprocess_mode="livesum",
-)
 POOL = Gauge(
     "xcloud_db_pool_connections",
     "Database pool connections by state",
@@ -59,28 +55,41 @@ SELECT
       AS pending,
   (SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM outbox
    WHERE published_at IS NULL AND dead_lettered_at IS NULL) AS oldest_age,
-  (SELECT count(*) FROM outbox WHERE dead_lettered_at IS NOT NULL) AS dead_lettered
+  (SELECT count(*) FROM outbox WHERE dead_lettered_at IS NOT NULL) AS dead_lettered,
+  (SELECT count(*) FROM pg_locks
+   WHERE locktype = 'advisory' AND granted AND classid = $1 AND objsubid = 2
+     AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))
+      AS lanes_held
 """
 
 
 class _Snapshot:
     """A one-off collector for values read from the database just now."""
 
-    def __init__(self, pending: int, oldest_age: float, dead: int) -> None:
-        self._values = (pending, oldest_age, dead)
+    def __init__(self, row: asyncpg.Record) -> None:
+        self._row = row
 
     def collect(self):
-        pending, oldest_age, dead = self._values
+        row = self._row
         yield GaugeMetricFamily(
-            "xcloud_outbox_pending_rows", "Outbox rows not yet published", value=pending
+            "xcloud_outbox_pending_rows", "Outbox rows not yet published", value=row["pending"]
         )
         yield GaugeMetricFamily(
             "xcloud_outbox_oldest_pending_age_seconds",
             "Age of the oldest unpublished outbox row (0 when none)",
-            value=oldest_age,
+            value=float(row["oldest_age"]),
         )
         yield GaugeMetricFamily(
-            "xcloud_outbox_dead_lettered_rows", "Outbox rows in the dead-letter state", value=dead
+            "xcloud_outbox_dead_lettered_rows",
+            "Outbox rows in the dead-letter state",
+            value=row["dead_lettered"],
+        )
+        # From PostgreSQL's lock table, so relays running anywhere (in `serve` or alone
+        # as `xcloud relay`) are counted.
+        yield GaugeMetricFamily(
+            "xcloud_relay_lanes_held",
+            "Outbox lanes held by live relays (of 32)",
+            value=row["lanes_held"],
         )
 
 
@@ -91,15 +100,22 @@ def record_pool(pool: asyncpg.Pool) -> None:
     POOL.labels("max").set(pool.get_max_size())
 
 
-async def render(pool: asyncpg.Pool) -> bytes:
-    row = await pool.fetchrow(_OUTBOX_SQL)
+async def render(pool: asyncpg.Pool, lane_lock: int) -> bytes:
+    """The metrics text. The database-derived gauges are left out when it does not
+    answer within 2 s, so request figures stay visible during a database outage."""
+    try:
+        row = await asyncio.wait_for(pool.fetchrow(_OUTBOX_SQL, lane_lock), 2.0)
+    except Exception:  # whatever the failure, serve what this process knows
+        row = None
     record_pool(pool)
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         processes = CollectorRegistry()
         MultiProcessCollector(processes)
     else:
         processes = REGISTRY
+    if row is None:
+        return generate_latest(processes)
     snapshot = CollectorRegistry()
-    snapshot.register(_Snapshot(row["pending"], float(row["oldest_age"]), row["dead_lettered"]))
+    snapshot.register(_Snapshot(row))
     # The text format is a list of metric families: two registries' output concatenate.
     return generate_latest(processes) + generate_latest(snapshot)

@@ -49,7 +49,11 @@ class CursorSigner:
 
     def decode(self, cursor: str, status: str | None) -> Position:
         payload, _, mac = cursor.partition(".")
-        if not payload or not hmac.compare_digest(mac, self._mac(payload.encode())):
+        if (
+            not payload
+            or not cursor.isascii()
+            or not hmac.compare_digest(mac, self._mac(payload.encode()))
+        ):
             raise BadCursor("Not a cursor this service issued.")
         try:
             raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))

@@ -28,6 +28,7 @@ from aiokafka.errors import (
     MessageSizeTooLargeError,
     RecordTooLargeError,
     TopicAlreadyExistsError,
+    for_code,
 )
 
 from service import db, metrics, store
@@ -97,7 +98,7 @@ def config_from(settings: Settings) -> RelayConfig:
 class _Flight:
     """A batch handed to the producer, not yet settled."""
 
-    last_id: int
+    ids: list[int]
     sent: list[tuple[asyncpg.Record, asyncio.Future]] = field(default_factory=list)
     dead: list[tuple[int, BaseException]] = field(default_factory=list)
     transient: BaseException | None = None
@@ -125,43 +126,57 @@ class Relay:
 
     async def run(self) -> None:
         """Two batches in the pipeline: while the broker acknowledges batch N, batch N+1
-        is read and sent; N is marked as soon as it is acknowledged. Both go out in id
-        order, so the order on the topic is the order of the ids."""
+        is read and sent; N is settled (deleted or marked) as soon as it is acknowledged.
+        Everything goes to the producer in id order (docs/relay.md)."""
         flight: _Flight | None = None
+        await self._start_kafka()  # a configuration error raises here: the command fails
         try:
-            await self._start_kafka()
             while not self._stopping.is_set():
                 try:
                     if self._conn is None:
                         await self._connect_db()
-                    if flight is not None and time.monotonic() >= self._next_rebalance:
-                        await self._settle(flight)  # lanes change only with nothing in flight
+                    if flight is not None and (
+                        flight.transient is not None or time.monotonic() >= self._next_rebalance
+                    ):
+                        # Settle first: after a failed send nothing more goes out (later
+                        # rows may be the same customers'), and lanes move only when idle.
+                        await self._settle(flight)
                         flight = None
                     if flight is None:
                         await self._rebalance()
                         await self._clean_up()
-                    rows = await self._fetch(after=flight.last_id if flight else 0)
+                    rows = await self._fetch(in_flight=flight.ids if flight else [])
                     following = await self._send(rows) if rows else None
                     if flight is not None:
-                        await self._settle(flight)
+                        try:
+                            await self._settle(flight)
+                        except BaseException:
+                            _forget(following)
+                            raise
                     flight = following
                     self._set_state("publishing", None)
                     self._backoff = 0.0
                     if flight is None:
                         await self._idle(self.config.poll_interval)
-                except (*db.UNAVAILABLE, asyncpg.PostgresConnectionError) as exc:
-                    flight = None  # unmarked rows stay pending and are sent again, in order
-                    self._set_state("database unavailable", exc)
-                    await self._drop_db()
-                    await self._idle(self._next_backoff())
-                except KafkaError as exc:
+                except Exception as exc:  # the relay must outlive any one failure
+                    # Unsettled rows stay pending and are sent again, in order.
+                    _forget(flight)
                     flight = None
-                    self._set_state("broker unavailable", exc)
+                    if isinstance(exc, KafkaError):
+                        self._set_state("broker unavailable", exc)
+                    elif isinstance(exc, (*db.UNAVAILABLE, asyncpg.PostgresConnectionError)):
+                        self._set_state("database unavailable", exc)
+                        await self._drop_db()
+                    else:
+                        log.exception("relay error; reconnecting")
+                        self._set_state("failing", exc)
+                        await self._drop_db()
                     await self._idle(self._next_backoff())
             if flight is not None and self._conn is not None:
-                await self._settle(flight)  # graceful stop: finish the batch in flight
-        except (KafkaError, *db.UNAVAILABLE, asyncpg.PostgresConnectionError) as exc:
-            log.warning("relay stopped with its last batch unsettled: %s", type(exc).__name__)
+                try:
+                    await self._settle(flight)  # graceful stop: finish the batch in flight
+                except Exception as exc:  # stopping anyway; the rows stay pending
+                    log.warning("relay stopped with its last batch unsettled: %r", exc)
         finally:
             await self._drop_db()
             if self._producer is not None:
@@ -195,16 +210,20 @@ class Relay:
 
         async def connect() -> AIOKafkaProducer:
             admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers)
-            await admin.start()
             try:
-                await admin.create_topics(
+                await admin.start()
+                response = await admin.create_topics(
                     [NewTopic(cfg.topic, cfg.partitions, cfg.replication_factor)]
                 )
-                log.info("created topic %s with %d partitions", cfg.topic, cfg.partitions)
-            except TopicAlreadyExistsError:
-                pass
             finally:
                 await admin.close()
+            # The answer carries an error code per topic rather than raising.
+            for _topic, code, *_ in response.topic_errors:
+                if code == TopicAlreadyExistsError.errno:
+                    continue
+                if code:
+                    raise for_code(code)(f"cannot create topic {cfg.topic}")
+                log.info("created topic %s with %d partitions", cfg.topic, cfg.partitions)
             producer = AIOKafkaProducer(
                 bootstrap_servers=cfg.bootstrap_servers,
                 acks="all",
@@ -239,8 +258,12 @@ class Relay:
 
     async def _connect_db(self) -> None:
         conn = await asyncpg.connect(self.config.database_url)
-        await conn.execute("SELECT pg_advisory_lock_shared($1, 0)", MEMBER_LOCK)
-        await conn.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
+        try:
+            await conn.execute("SELECT pg_advisory_lock_shared($1, 0)", MEMBER_LOCK)
+            await conn.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
+        except BaseException:
+            conn.terminate()
+            raise
         self._conn = conn
         self._lanes = set()
         self._next_rebalance = 0.0
@@ -249,7 +272,6 @@ class Relay:
         conn, self._conn = self._conn, None
         self._lanes = set()
         self.stats.lanes = 0
-        metrics.LANES.set(0)
         if conn is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), 5)  # releases every lock it held
@@ -280,22 +302,23 @@ class Relay:
                     if len(self._lanes) >= target:
                         break
         self.stats.lanes = len(self._lanes)
-        metrics.LANES.set(len(self._lanes))
 
     # --- publishing --------------------------------------------------------------
 
-    async def _fetch(self, *, after: int) -> list[asyncpg.Record]:
+    async def _fetch(self, *, in_flight: list[int]) -> list[asyncpg.Record]:
+        """The oldest pending rows of the held lanes, leaving out those in flight. Not
+        `id > last sent`: a smaller id can commit late, and must still go first."""
         if not self._lanes:
             return []
         assert self._conn is not None
         return await self._conn.fetch(
-            store.FETCH_PENDING_SQL, sorted(self._lanes), after, self.config.batch_size
+            store.FETCH_PENDING_SQL, sorted(self._lanes), in_flight, self.config.batch_size
         )
 
     async def _send(self, rows: list[asyncpg.Record]) -> _Flight:
         """Hand rows to the producer in id order; the acknowledgements come later."""
         assert self._producer is not None
-        flight = _Flight(last_id=rows[-1]["id"])
+        flight = _Flight(ids=[row["id"] for row in rows])
         for row in rows:
             try:
                 future = await self._producer.send(
@@ -369,6 +392,14 @@ class Relay:
             )
             if int(status.split()[-1]) < 1000:
                 break
+
+
+def _forget(flight: _Flight | None) -> None:
+    """Drop a flight without settling it: its rows stay pending. Its acknowledgements
+    may still come; retrieve their outcome so none is reported as never retrieved."""
+    if flight is not None:
+        for _, future in flight.sent:
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
 def _unreachable(exc: BaseException) -> bool:

@@ -189,7 +189,7 @@ async def customer_for_update(
 FETCH_PENDING_SQL = """
 SELECT id, customer_id, payload FROM outbox
 WHERE published_at IS NULL AND dead_lettered_at IS NULL AND lane = ANY($1::smallint[])
-  AND id > $2  -- past the batch still in flight
+  AND NOT id = ANY($2::bigint[])  -- the batch still in flight
 ORDER BY id
 LIMIT $3
 """

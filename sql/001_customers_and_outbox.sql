@@ -63,7 +63,7 @@ CREATE TABLE service_credentials (
 -- Unlogged: a nonce only has to outlive the 300-second window, and a request that
 -- writes nothing else then commits without waiting for a WAL flush. After a database
 -- crash the table is empty, so a request captured in the last five minutes before the
--- crash could be replayed once; docs/security.md records that trade-off.
+-- crash could be replayed once; docs/operations.md (security notes) records that.
 CREATE UNLOGGED TABLE auth_nonces (
     service_id text        NOT NULL,
     nonce      text        NOT NULL,

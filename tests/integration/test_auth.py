@@ -231,3 +231,12 @@ async def test_a_get_replay_is_refused_too(api, credential, clean_db):
     again = await api.get(PATH + "?limit=5", headers=headers)
     assert again.status == 401
     assert (await again.json())["error"] == "REPLAYED_REQUEST"
+
+
+async def test_a_credential_sealed_under_another_key_is_refused_not_a_crash(api, clean_db):
+    async with clean_db.acquire() as conn:
+        other = credentials.SecretBox("a-different-secret-key-" + "z" * 32)
+        secret = await credentials.add(conn, other, "old-key-service")
+    headers = signed("old-key-service", secret)
+    status, payload, _ = await send(api, headers)
+    assert (status, payload["error"]) == (401, "INVALID_SIGNATURE")

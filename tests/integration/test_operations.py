@@ -379,3 +379,31 @@ async def test_openapi_describes_exactly_the_running_routes(api, settings):
         if route.method != "*"
     }
     assert documented_operations(spec) == running
+
+
+async def test_metrics_answer_while_the_database_is_gone(proxied_api):
+    proxy, xc = proxied_api
+    await proxy.cut()
+    resp = await xc.request("GET", "/metrics")
+    assert resp.status == 200
+    assert "xcloud_http_requests_total" in resp.body
+    assert "xcloud_outbox_pending_rows" not in resp.body  # unknown now, so not made up
+    await proxy.restore()
+
+
+async def test_lanes_held_are_counted_from_the_database(api, settings, clean_db):
+    from service import relay as relay_mod
+
+    outbox_relay = relay_mod.Relay(relay_mod.config_from(settings))
+    task = asyncio.create_task(outbox_relay.run())
+    try:
+        deadline = time.monotonic() + 30
+        while outbox_relay.stats.lanes < 32 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        text = await (await api.get("/metrics")).text()
+        assert sample(text, "xcloud_relay_lanes_held") == 32
+        ready = await (await api.get("/readyz")).json()
+        assert "lastError" not in json.dumps(ready)
+    finally:
+        outbox_relay.stop()
+        await task

@@ -245,6 +245,9 @@ async def test_head_of_one_id_agrees_with_get(xc, clean_db):
     head = await xc.request("HEAD", f"{BASE}/{cid}")
     get = await xc.request("GET", f"{BASE}/{cid}")
     assert head.headers["ETag"] == get.headers["ETag"]
+    tag = {"If-None-Match": get.headers["ETag"]}
+    assert (await xc.request("HEAD", f"{BASE}/{cid}", headers=tag)).status == 304
+    assert (await xc.request("GET", f"{BASE}/{cid}", headers=tag)).status == 304
 
 
 # --- GET list -----------------------------------------------------------------------
@@ -286,6 +289,7 @@ async def test_list_defaults_and_empty(xc, clean_db):
         ("limit=5&limit=6", "limit"),
         ("cursor=garbage", "cursor"),
         ("cursor=", "cursor"),
+        ("cursor=abc.%C3%A9", "cursor"),
         ("cursor=%00%ff", "cursor"),
     ],
 )

@@ -356,3 +356,38 @@ async def test_broker_down_writes_go_on_and_events_arrive_after(
         topic_settings.kafka_bootstrap_servers, topic_settings.topic, until=len(sent)
     )
     assert {r.event["subject"] for r in received} == set(sent)
+
+
+async def test_an_event_that_commits_late_still_goes_before_its_customers_next(
+    topic_settings, clean_db
+):
+    """A smaller id can commit after larger ones were sent: a relay that only looks past
+    the last id it sent would publish the customer's next event first."""
+    late = "FST-12345678-late"
+    insert = (
+        "INSERT INTO outbox (event_id, event_type, customer_id, lane, payload)"
+        " VALUES (gen_random_uuid(), 'CustomerUpdated', $1, $2,"
+        " convert_to(json_build_object('id', gen_random_uuid(), 'subject', $1::text,"
+        " 'seq', $3::int)::text, 'UTF8'))"
+    )
+    lane = customers.lane_of(late)
+    async with clean_db.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        await conn.execute(insert, late, lane, 0)  # the smallest id, not yet committed
+        await fill_outbox(clean_db, 20_000, 50)
+        outbox_relay = relay.Relay(relay_config(topic_settings, batch_size=100))
+        task = asyncio.create_task(outbox_relay.run())
+        try:
+            await wait_for(lambda: _published_at_least(clean_db, 20_000, 3000), 60, 0.01)
+            await tx.commit()
+            await clean_db.execute(insert, late, lane, 1)  # the customer's next event
+            await wait_for(lambda: _none_pending(clean_db), timeout=120)
+        finally:
+            outbox_relay.stop()
+            await task
+    received = await read_topic(
+        topic_settings.kafka_bootstrap_servers, topic_settings.topic, until=20_002
+    )
+    mine = [r.event["seq"] for r in first_occurrences(by_subject(received)[late])]
+    assert mine == [0, 1]

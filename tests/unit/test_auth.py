@@ -127,3 +127,23 @@ def test_nonces_are_fresh_and_well_formed():
     nonces = {auth.new_nonce() for _ in range(1000)}
     assert len(nonces) == 1000
     assert all(auth._NONCE.fullmatch(n) for n in nonces)
+
+
+def test_the_timestamp_is_signed_as_sent():
+    headers = sign()
+    padded = dict(headers, **{auth.TIMESTAMP_HEADER: "0" + headers[auth.TIMESTAMP_HEADER]})
+    with pytest.raises(auth.AuthError) as err:
+        verify(padded)  # same number, other text: not what was signed
+    assert err.value.code == "INVALID_SIGNATURE"
+    to_sign = auth.string_to_sign(
+        method="POST",
+        path="/xcloud/v1/customers",
+        query="q=1",
+        content_md5=headers["Content-MD5"],
+        content_type="application/json",
+        timestamp="01700000000",
+        nonce="nonce-1234567890abcdef",
+        service_id="svc",
+    )
+    padded["Authorization"] = f"HMAC-SHA256 svc:{auth.signature('s3cret', to_sign)}"
+    assert verify(padded).timestamp == 1_700_000_000

@@ -1,0 +1,428 @@
+"""Property tests, no I/O: the HMAC signer against the verifier (contract section 2) and
+the body validators (contract section 3).
+
+Derandomised and without an example database, so a run is the same everywhere.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import string
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
+from marshmallow import ValidationError
+
+from service import auth, schemas
+from tests.helpers import example
+
+# Hypothesis keeps caches (not examples: database=None) under .hypothesis/ of the working
+# directory; keep them with the project's other caches, which git ignores.
+set_hypothesis_home_dir(Path(__file__).resolve().parents[2] / ".cache" / "hypothesis")
+
+PROPERTY = settings(
+    database=None,
+    derandomize=True,
+    deadline=None,
+    max_examples=100,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+# --- signer and verifier (contract section 2) -----------------------------------------
+
+PRINTABLE = st.characters(min_codepoint=0x21, max_codepoint=0x7E)
+methods = st.from_regex(r"[A-Z]{1,10}", fullmatch=True)
+# The path and query exactly as sent: printable ASCII, percent-encoding left as it is.
+paths = st.text(PRINTABLE.filter(lambda c: c not in "?#"), max_size=60).map(lambda p: "/" + p)
+queries = st.text(PRINTABLE.filter(lambda c: c != "#"), max_size=60)
+bodies = st.binary(max_size=300)
+content_types = st.one_of(
+    st.just(""),
+    st.just("application/json"),
+    st.just("application/json; charset=utf-8"),
+    st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=40).map(
+        str.strip
+    ),
+)
+service_ids = st.from_regex(r"[A-Za-z0-9._-]{1,64}", fullmatch=True)
+secret_texts = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=64)
+timestamps = st.integers(min_value=0, max_value=10**12 - 1)
+nonces = st.from_regex(r"[A-Za-z0-9_-]{16,64}", fullmatch=True)
+
+
+@dataclass(frozen=True)
+class Wire:
+    """One request as the server receives it."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str] = field(hash=False)
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Signed:
+    wire: Wire
+    secret: str
+    timestamp: int
+
+
+@st.composite
+def signed_requests(draw: st.DrawFn) -> Signed:
+    method, path, query = draw(methods), draw(paths), draw(queries)
+    body, content_type = draw(bodies), draw(content_types)
+    secret, timestamp = draw(secret_texts), draw(timestamps)
+    headers = auth.sign_request(
+        service_id=draw(service_ids),
+        secret=secret,
+        method=method,
+        path_and_query=f"{path}?{query}" if query else path,
+        body=body,
+        content_type=content_type,
+        timestamp=timestamp,
+        nonce=draw(nonces),
+    )
+    return Signed(Wire(method, path, query, headers, body), secret, timestamp)
+
+
+def receive(wire: Wire, secret: str | bytes | None, now: float) -> auth.SignedRequest:
+    """The server's checks, in the server's order (service/app.py, auth_middleware)."""
+    req = auth.parse_headers(wire.headers, has_body=bool(wire.body))
+    auth.check_fresh(req, now)
+    key = secret.encode("utf-8") if isinstance(secret, str) else secret  # stored as bytes
+    auth.check_signature(
+        req,
+        key,
+        method=wire.method,
+        path=wire.path,
+        query=wire.query,
+        content_type=wire.headers.get("Content-Type", ""),
+    )
+    auth.check_content_md5(req, wire.body)
+    return req
+
+
+def rejected(wire: Wire, secret: str | bytes | None, now: float) -> tuple[int, str]:
+    with pytest.raises(auth.AuthError) as err:
+        receive(wire, secret, now)
+    return err.value.status, err.value.code
+
+
+def with_header(wire: Wire, name: str, value: str | None) -> Wire:
+    headers = {k: v for k, v in wire.headers.items() if k != name}
+    if value is not None:
+        headers[name] = value
+    return replace(wire, headers=headers)
+
+
+def other(draw: st.DrawFn, strategy: st.SearchStrategy[Any], current: Any) -> Any:
+    return draw(strategy.filter(lambda value: value != current))
+
+
+@given(signed=signed_requests(), skew=st.integers(-auth.WINDOW_SECONDS, auth.WINDOW_SECONDS))
+@PROPERTY
+def test_what_is_signed_verifies(signed: Signed, skew: int) -> None:
+    wire = signed.wire
+    req = receive(wire, signed.secret, signed.timestamp + skew)
+    assert req.timestamp == signed.timestamp
+    assert ("Content-MD5" in wire.headers) == bool(wire.body)
+
+
+@given(signed=signed_requests(), data=st.data())
+@PROPERTY
+@pytest.mark.parametrize(
+    "element",
+    ["method", "path", "query", "content-type", "content-md5", "timestamp", "nonce", "service id"],
+)
+def test_changing_a_signed_element_is_invalid_signature(
+    signed: Signed, data: st.DataObject, element: str
+) -> None:
+    wire, ts = signed.wire, signed.timestamp
+    draw = data.draw
+    if element == "method":
+        wire = replace(wire, method=other(draw, methods, wire.method))
+    elif element == "path":
+        wire = replace(wire, path=other(draw, paths, wire.path))
+    elif element == "query":
+        wire = replace(wire, query=other(draw, queries, wire.query))
+    elif element == "content-type":
+        current = wire.headers.get("Content-Type", "")
+        new = other(draw, content_types, current)
+        wire = with_header(wire, "Content-Type", new or None)
+    elif element == "content-md5":  # another well-formed digest, or one where there was none
+        current = wire.headers.get("Content-MD5")
+        new = other(draw, bodies.map(auth.content_md5), current)
+        wire = with_header(wire, "Content-MD5", new)
+    elif element == "timestamp":  # still fresh at the server's clock: only the signature fails
+        ts = other(draw, timestamps, ts)
+        wire = with_header(wire, auth.TIMESTAMP_HEADER, str(ts))
+    elif element == "nonce":
+        new = other(draw, nonces, wire.headers[auth.NONCE_HEADER])
+        wire = with_header(wire, auth.NONCE_HEADER, new)
+    elif element == "service id":
+        scheme, _, credential = wire.headers["Authorization"].partition(" ")
+        service_id, _, sig = credential.partition(":")
+        new = other(draw, service_ids, service_id)
+        wire = with_header(wire, "Authorization", f"{scheme} {new}:{sig}")
+    assert rejected(wire, signed.secret, ts) == (401, "INVALID_SIGNATURE")
+
+
+@given(signed=signed_requests(), data=st.data())
+@PROPERTY
+def test_another_secret_or_an_unknown_service_is_invalid_signature(
+    signed: Signed, data: st.DataObject
+) -> None:
+    secret = data.draw(st.none() | secret_texts.filter(lambda s: s != signed.secret))
+    assert rejected(signed.wire, secret, signed.timestamp) == (401, "INVALID_SIGNATURE")
+
+
+@given(signed=signed_requests(), data=st.data())
+@PROPERTY
+def test_changing_a_body_byte_is_content_md5_mismatch(signed: Signed, data: st.DataObject) -> None:
+    body = signed.wire.body
+    if body:
+        i = data.draw(st.integers(0, len(body) - 1))
+        flip = data.draw(st.integers(1, 255))
+        tampered = body[:i] + bytes([body[i] ^ flip]) + body[i + 1 :]
+        expected = (400, "CONTENT_MD5_MISMATCH")
+    else:  # a body where none was signed: no Content-MD5 to go with it
+        tampered = data.draw(st.binary(min_size=1, max_size=20))
+        expected = (401, "AUTH_REQUIRED")
+    wire = replace(signed.wire, body=tampered)
+    assert rejected(wire, signed.secret, signed.timestamp) == expected
+
+
+@given(
+    signed=signed_requests(),
+    late=st.integers(auth.WINDOW_SECONDS + 1, 10**9),
+    sign=st.sampled_from([-1, 1]),
+)
+@PROPERTY
+def test_outside_the_window_is_stale_request(signed: Signed, late: int, sign: int) -> None:
+    now = signed.timestamp + sign * late
+    assert rejected(signed.wire, signed.secret, now) == (401, "STALE_REQUEST")
+
+
+@given(signed=signed_requests(), data=st.data())
+@PROPERTY
+def test_a_missing_auth_header_is_auth_required(signed: Signed, data: st.DataObject) -> None:
+    names = ["Authorization", auth.TIMESTAMP_HEADER, auth.NONCE_HEADER]
+    if signed.wire.body:
+        names.append("Content-MD5")
+    wire = with_header(signed.wire, data.draw(st.sampled_from(names)), None)
+    assert rejected(wire, signed.secret, signed.timestamp) == (401, "AUTH_REQUIRED")
+
+
+# --- validators (contract section 3) --------------------------------------------------
+
+BASE = example(location={"latitude": 41.8, "longitude": -87.6, "name": "Springfield plant"})
+REQUIRED = {"customerId", "customerName", "contactInfo", "contactInfo.email", "status"}
+INTEGERS = {"settings.dataRetentionDays"}
+NUMBERS = {"location.latitude", "location.longitude"}
+BOOLEANS = {"settings.reportingEnabled"}
+OBJECTS = {"contactInfo", "contactInfo.address", "businessInfo", "settings", "location"}
+
+
+def _leaves(doc: dict[str, Any], prefix: str = "") -> list[str]:
+    found = []
+    for key, value in doc.items():
+        path = f"{prefix}{key}"
+        found.append(path)
+        if isinstance(value, dict):
+            found.extend(_leaves(value, path + "."))
+    return found
+
+
+FIELDS = sorted(_leaves(BASE))
+TEXTS = set(FIELDS) - INTEGERS - NUMBERS - BOOLEANS - OBJECTS
+# The declared JSON types of each field; `null` only where the field is optional.
+DECLARED = {
+    **{p: (str,) for p in TEXTS},
+    **{p: (int,) for p in INTEGERS},
+    **{p: (int, float) for p in NUMBERS},
+    **{p: (bool,) for p in BOOLEANS},
+    **{p: (dict,) for p in OBJECTS},
+}
+
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(),
+    # Near misses: the spellings a lenient parser would coerce.
+    st.sampled_from(["365", "true", "false", "1", "0", "1.5", "", " ", "null", "NaN"]),
+    st.sampled_from([1.0, 0.0, -0.0, 365.0, 3650, 3651, 0, -1, 90, 90.0001, -180, 180.5]),
+    st.sampled_from(["ACTIVE", "active", "immediate", "America/Chicago", "a@b.co", "+1-555-0123"]),
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=12), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+def put(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    doc = copy.deepcopy(doc)
+    *parents, last = path.split(".")
+    target = doc
+    for key in parents:
+        target = target[key]
+    target[last] = value
+    return doc
+
+
+def get(doc: dict[str, Any], path: str) -> Any:
+    for key in path.split("."):
+        doc = doc[key]
+    return doc
+
+
+def load(body: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, list[str]]]:
+    """(loaded, {}) or (None, dotted errors). Anything but ValidationError escapes."""
+    try:
+        return schemas.load_create(body), {}
+    except ValidationError as exc:
+        details = schemas.dotted(exc.messages)
+        assert details, exc.messages
+        for key, messages in details.items():
+            assert isinstance(key, str) and key, details
+            assert all(key.split(".")), details  # no empty segment
+            assert isinstance(messages, list) and messages, details
+            assert all(isinstance(m, str) and m for m in messages), details
+        return None, details
+
+
+def test_the_base_body_is_valid() -> None:
+    assert load(BASE)[0] is not None
+
+
+@given(path=st.sampled_from(FIELDS), value=json_values)
+@PROPERTY
+def test_any_json_value_in_any_field_is_loaded_as_declared_or_rejected_there(
+    path: str, value: Any
+) -> None:
+    loaded, details = load(put(BASE, path, value))
+    if loaded is None:
+        # The error names the field or something inside it, never another field.
+        assert all(k == path or k.startswith(path + ".") for k in details), (path, details)
+        return
+    kept = get(loaded, path)
+    assert kept == value and type(kept) is type(value), "coerced"
+    if value is None:
+        assert path not in REQUIRED, f"null accepted for required {path}"
+    else:
+        assert type(value) in DECLARED[path], f"{type(value).__name__} accepted for {path}"
+
+
+@given(
+    path=st.sampled_from(sorted(INTEGERS | NUMBERS | BOOLEANS)),
+    value=st.one_of(st.text(), st.from_regex(r"-?[0-9]{1,4}(\.[0-9]{1,3})?", fullmatch=True)),
+)
+@PROPERTY
+def test_strings_are_never_numbers_or_booleans(path: str, value: str) -> None:
+    assert path in load(put(BASE, path, value))[1]
+
+
+@given(path=st.sampled_from(sorted(INTEGERS | NUMBERS)), value=st.booleans())
+@PROPERTY
+def test_booleans_are_never_numbers(path: str, value: bool) -> None:
+    assert path in load(put(BASE, path, value))[1]
+
+
+@given(path=st.sampled_from(sorted(BOOLEANS)), value=st.integers() | st.floats())
+@PROPERTY
+def test_numbers_are_never_booleans(path: str, value: float) -> None:
+    assert path in load(put(BASE, path, value))[1]
+
+
+@given(
+    path=st.sampled_from(sorted(TEXTS)),
+    value=st.integers() | st.floats() | st.booleans() | st.lists(st.text(), max_size=2),
+)
+@PROPERTY
+def test_text_fields_take_only_strings(path: str, value: Any) -> None:
+    assert path in load(put(BASE, path, value))[1]
+
+
+KNOWN = {name for path in FIELDS for name in path.split(".")}
+
+
+@given(
+    parent=st.sampled_from(["", *sorted(OBJECTS)]),
+    name=st.text(min_size=1, max_size=20).filter(lambda n: n not in KNOWN),
+    value=json_values,
+)
+@PROPERTY
+def test_an_unknown_field_at_any_depth_is_reported_at_its_own_path(
+    parent: str, name: str, value: Any
+) -> None:
+    body = copy.deepcopy(BASE)
+    (get(body, parent) if parent else body)[name] = value
+    _, details = load(body)
+    path = f"{parent}.{name}" if parent else name
+    assert details == {path: ["Unknown field."]}
+
+
+# The contract's pattern for customerId, as written there.
+CONTRACT_CUSTOMER_ID = r"^FST-[0-9]{8,14}-[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+customer_ids = st.from_regex(CONTRACT_CUSTOMER_ID, fullmatch=True)
+ID_CHARACTERS = set(string.ascii_letters + string.digits + "_-")
+
+
+@given(customer_id=customer_ids)
+@PROPERTY
+def test_ids_of_the_contract_pattern_pass(customer_id: str) -> None:
+    assert re.fullmatch(CONTRACT_CUSTOMER_ID, customer_id)
+    assert schemas.is_customer_id(customer_id)
+    assert load(put(BASE, "customerId", customer_id))[0] is not None
+
+
+@given(
+    customer_id=customer_ids,
+    extra=st.one_of(
+        st.sampled_from(["\n", " ", "\r\n", "\t", "\x00", ".", "/", "é"]),
+        st.characters().filter(lambda c: c not in ID_CHARACTERS),
+    ),
+    where=st.sampled_from(["end", "start"]),
+)
+@PROPERTY
+def test_ids_with_a_foreign_character_added_fail(customer_id: str, extra: str, where: str) -> None:
+    bad = customer_id + extra if where == "end" else extra + customer_id
+    assert not schemas.is_customer_id(bad)
+    assert "customerId" in load(put(BASE, "customerId", bad))[1]
+
+
+def _parts(customer_id: str) -> tuple[str, str]:
+    """(digits, identifier) of a valid id."""
+    match = re.fullmatch(r"FST-([0-9]{8,14})-(.*)", customer_id, re.DOTALL)
+    assert match is not None
+    return match[1], match[2]
+
+
+@given(customer_id=customer_ids, data=st.data())
+@PROPERTY
+def test_ids_with_a_part_too_long_or_too_short_fail(customer_id: str, data: st.DataObject) -> None:
+    digits, ident = _parts(customer_id)
+    bad = data.draw(
+        st.sampled_from(
+            [
+                f"FST-{digits[:7]}-{ident}",
+                f"FST-{digits}{'0' * (15 - len(digits))}-{ident}",
+                f"FST-{digits}-{ident}{'a' * (65 - len(ident))}",
+                f"FST-{digits}-",
+                f"FST-{digits}-_{ident}",
+            ]
+        )
+    )
+    assert not schemas.is_customer_id(bad)
+    assert "customerId" in load(put(BASE, "customerId", bad))[1]
