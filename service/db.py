@@ -24,6 +24,9 @@ UNAVAILABLE = (
     asyncpg.TooManyConnectionsError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
+    # A pooled connection caught mid-operation by a server shutdown reports this until
+    # its socket's end arrives and the pool replaces it (seen in `make faults`).
+    asyncpg.InternalClientError,
 )
 
 
