@@ -39,8 +39,9 @@ from aiokafka import AIOKafkaProducer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service import credentials, customers, db, events, store  # noqa: E402
+from service import customers, events, store  # noqa: E402
 from service.config import Limits  # noqa: E402
+from tests import services as test_services  # noqa: E402
 from tests.helpers import DOC_EXAMPLE  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -57,21 +58,6 @@ def log(msg: str) -> None:
 # --- set-up ------------------------------------------------------------------------
 
 
-def services() -> dict[str, str]:
-    subprocess.run([str(ROOT / "scripts" / "services.sh"), "start"], check=True)
-    env = dict(
-        line.split("=", 1)
-        for line in (ROOT / ".cache" / "services.env").read_text().splitlines()
-        if "=" in line
-    )
-    base = env["DATABASE_URL"].rsplit("/", 1)[0]
-    return {
-        "admin": base + "/postgres",
-        "db": base + "/xcloud_bench",
-        "kafka": env["KAFKA_BOOTSTRAP_SERVERS"],
-    }
-
-
 def build_loadgen() -> None:
     src = ROOT / "bench" / "loadgen"
     newest = max(p.stat().st_mtime for p in src.iterdir())
@@ -80,21 +66,6 @@ def build_loadgen() -> None:
     log("building the Go load generator")
     LOADGEN.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(["go", "build", "-o", str(LOADGEN), "."], cwd=src, check=True)
-
-
-async def fresh_database(urls: dict[str, str]) -> str:
-    admin = await asyncpg.connect(urls["admin"])
-    try:
-        await admin.execute("DROP DATABASE IF EXISTS xcloud_bench WITH (FORCE)")
-        await admin.execute("CREATE DATABASE xcloud_bench")
-    finally:
-        await admin.close()
-    await db.migrate(urls["db"])
-    conn = await asyncpg.connect(urls["db"])
-    try:
-        return await credentials.add(conn, credentials.SecretBox(SECRET_KEY), SERVICE_ID)
-    finally:
-        await conn.close()
 
 
 def machine() -> dict[str, Any]:
@@ -518,9 +489,9 @@ async def main() -> int:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     quick = args.quick
-    urls = services()
+    urls = test_services.local_services("xcloud_bench")
     build_loadgen()
-    secret = await fresh_database(urls)
+    secret = await test_services.fresh_database(urls, SECRET_KEY, SERVICE_ID)
     report = Report(machine=machine(), quick=quick)
     pool = await asyncpg.create_pool(urls["db"], min_size=1, max_size=4)
     try:

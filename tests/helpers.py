@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import socket
+import time
 from typing import Any
 
 # The request body of ../shared/v1-customers-post.md, as it stands.
@@ -89,3 +91,26 @@ class TcpProxy:
 
     async def restore(self) -> None:
         await self.start()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_healthy(url: str, timeout: float = 60) -> None:
+    """Until GET /healthz answers 200 (a server process starting)."""
+    import aiohttp
+
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            try:
+                async with http.get(url + "/healthz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError("server did not become healthy")

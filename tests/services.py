@@ -60,19 +60,13 @@ _own_database: list[str] = []
 
 
 def _from_local_processes() -> Services:
-    subprocess.run([str(ROOT / "scripts" / "services.sh"), "start"], check=True)
-    values = dict(
-        line.split("=", 1)
-        for line in (ROOT / ".cache" / "services.env").read_text().splitlines()
-        if "=" in line
-    )
     # A database of this session's own: two suites running at once (two terminals, two
     # developers on one machine) must not truncate each other's tables.
-    name = f"xcloud_test_{os.getpid()}"
-    base = values["TEST_DATABASE_URL"].rsplit("/", 1)[0]
-    asyncio.run(_admin(base, f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}"))
-    _own_database.append(base + "/" + name)
-    return Services(f"{base}/{name}", values["KAFKA_BOOTSTRAP_SERVERS"], "local processes")
+    urls = local_services(f"xcloud_test_{os.getpid()}")
+    name = urls["db"].rsplit("/", 1)[1]
+    asyncio.run(_admin(urls["base"], f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}"))
+    _own_database.append(urls["db"])
+    return Services(urls["db"], urls["kafka"], "local processes")
 
 
 async def _admin(base: str, *statements: str) -> None:
@@ -96,3 +90,36 @@ def stop() -> None:
     for url in _own_database:
         base, name = url.rsplit("/", 1)
         asyncio.run(_admin(base, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+def local_services(database: str) -> dict[str, str]:
+    """Start the local services; their URLs, with `database` as the working database
+    (for the fault harness and the benchmarks, which run outside pytest)."""
+    subprocess.run(
+        [str(ROOT / "scripts" / "services.sh"), "start"], check=True, capture_output=True
+    )
+    values = dict(
+        line.split("=", 1)
+        for line in (ROOT / ".cache" / "services.env").read_text().splitlines()
+        if "=" in line
+    )
+    base = values["DATABASE_URL"].rsplit("/", 1)[0]
+    return {"base": base, "db": f"{base}/{database}", "kafka": values["KAFKA_BOOTSTRAP_SERVERS"]}
+
+
+async def fresh_database(urls: dict[str, str], secret_key: str, service_id: str) -> str:
+    """Drop and create the working database, migrate it, add one credential; its secret."""
+    from service import credentials, db
+
+    name = urls["db"].rsplit("/", 1)[1]
+    await _admin(
+        urls["base"], f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name}"
+    )
+    await db.migrate(urls["db"])
+    import asyncpg
+
+    conn = await asyncpg.connect(urls["db"])
+    try:
+        return await credentials.add(conn, credentials.SecretBox(secret_key), service_id)
+    finally:
+        await conn.close()

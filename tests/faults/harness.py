@@ -23,7 +23,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,9 +34,10 @@ import aiohttp
 import asyncpg
 import orjson
 
-from service import credentials, customers, db
+from service import customers
 from service.client import XCloudClient
-from tests.helpers import example
+from tests import services as test_services
+from tests.helpers import example, free_port
 from tests.kafka import by_subject, first_occurrences, read_topic
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,41 +47,12 @@ ALLOWED = {200, 201, 409, 503}  # what a request may get while things break
 REQUEST_TIMEOUT = 15.0  # no request may hang longer than this
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def local_services() -> dict[str, str]:
-    subprocess.run([SERVICES, "start"], check=True, capture_output=True)
-    env = dict(
-        line.split("=", 1)
-        for line in (ROOT / ".cache" / "services.env").read_text().splitlines()
-        if "=" in line
-    )
-    base = env["DATABASE_URL"].rsplit("/", 1)[0]
-    return {
-        "admin": base + "/postgres",
-        "db": base + "/xcloud_faults",
-        "kafka": env["KAFKA_BOOTSTRAP_SERVERS"],
-    }
+    return test_services.local_services("xcloud_faults")
 
 
 async def fresh_database(urls: dict[str, str]) -> tuple[str, str]:
-    admin = await asyncpg.connect(urls["admin"])
-    try:
-        await admin.execute("DROP DATABASE IF EXISTS xcloud_faults WITH (FORCE)")
-        await admin.execute("CREATE DATABASE xcloud_faults")
-    finally:
-        await admin.close()
-    await db.migrate(urls["db"])
-    conn = await asyncpg.connect(urls["db"])
-    try:
-        secret = await credentials.add(conn, credentials.SecretBox(SECRET_KEY), "faults")
-    finally:
-        await conn.close()
-    return "faults", secret
+    return "faults", await test_services.fresh_database(urls, SECRET_KEY, "faults")
 
 
 # --- the processes -------------------------------------------------------------------

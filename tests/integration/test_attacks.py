@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import pytest
 from service import auth, credentials
 from service.app import create_app
 from service.client import XCloudClient, make_customer_id
-from tests.helpers import DOC_EXAMPLE, example, row_counts
+from tests.helpers import DOC_EXAMPLE, example, free_port, row_counts, wait_healthy
 
 PATH = "/xcloud/v1/customers"
 
@@ -231,7 +230,7 @@ def _cpu_seconds(pid: int) -> float:
 async def test_ten_thousand_bad_signatures_write_nothing_and_cost_little(
     settings, credential, clean_db, tmp_path
 ):
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "DATABASE_URL": settings.database_url,
@@ -248,7 +247,7 @@ async def test_ten_thousand_bad_signatures_write_nothing_and_cost_little(
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        await _wait_up(url)
+        await wait_healthy(url)
         writes_before = await _writes(clean_db)
         cpu_before = _cpu_seconds(proc.pid)
         body = json.dumps(DOC_EXAMPLE).encode()
@@ -286,24 +285,3 @@ async def _writes(pool) -> tuple[int, ...]:
             for table in ("customers", "outbox", "auth_nonces", "service_credentials")
         ]
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def _wait_up(url: str) -> None:
-    import aiohttp
-
-    async with aiohttp.ClientSession() as http:
-        for _ in range(200):
-            try:
-                async with http.get(url + "/healthz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError("server did not start")

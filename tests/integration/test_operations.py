@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,16 +19,10 @@ import pytest
 
 from service.client import XCloudClient, make_customer_id
 from tests.conftest import SECRET_KEY
-from tests.helpers import example
+from tests.helpers import example, free_port, wait_healthy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BASE = "/xcloud/v1/customers"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -55,20 +48,6 @@ class Server:
     def raw_log(self) -> str:
         with open(self.log_path, encoding="utf-8") as f:
             return f.read()
-
-
-async def wait_healthy(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            try:
-                async with http.get(url + "/healthz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-    raise AssertionError("server did not become healthy")
 
 
 @pytest.fixture
