@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -30,6 +32,18 @@ def topic_settings(settings):
 
 def relay_config(s, **kw) -> relay.RelayConfig:
     return dataclasses.replace(relay.config_from(s), **kw)
+
+
+@contextlib.asynccontextmanager
+async def running(config: relay.RelayConfig) -> AsyncIterator[relay.Relay]:
+    """A relay in this process for the block; stopped gracefully after it."""
+    outbox_relay = relay.Relay(config)
+    task = asyncio.create_task(outbox_relay.run())
+    try:
+        yield outbox_relay
+    finally:
+        outbox_relay.stop()
+        await task
 
 
 async def fill_outbox(pool, n: int, customers_count: int, *, payload_pad: int = 0) -> None:
@@ -176,15 +190,10 @@ async def test_a_rolled_back_transaction_publishes_nothing(topic_settings, clean
         " VALUES (gen_random_uuid(), 'CustomerRegistered', 'FST-12345678-committed', 1,"
         ' convert_to(\'{"id": "committed", "seq": 0}\', \'UTF8\'))'
     )
-    outbox_relay = relay.Relay(relay_config(topic_settings))
-    task = asyncio.create_task(outbox_relay.run())
-    try:
+    async with running(relay_config(topic_settings)):
         received = await read_topic(
             topic_settings.kafka_bootstrap_servers, topic_settings.topic, until=1, quiet=3
         )
-    finally:
-        outbox_relay.stop()
-        await task
     assert [r.event["id"] for r in received] == ["committed"]
 
 
@@ -198,15 +207,10 @@ async def test_an_unpublishable_row_is_dead_lettered_and_does_not_block(topic_se
             convert_to('{"id": "after-big", "seq": 1}', 'UTF8'))""",
         lane,
     )
-    outbox_relay = relay.Relay(relay_config(topic_settings))
-    task = asyncio.create_task(outbox_relay.run())
-    try:
+    async with running(relay_config(topic_settings)) as outbox_relay:
         received = await read_topic(
             topic_settings.kafka_bootstrap_servers, topic_settings.topic, until=1, quiet=3
         )
-    finally:
-        outbox_relay.stop()
-        await task
     assert [r.event["id"] for r in received] == ["after-big"]
     dead = await clean_db.fetchrow(
         "SELECT dead_lettered_at, last_error FROM outbox WHERE dead_lettered_at IS NOT NULL"
@@ -221,13 +225,8 @@ async def test_published_rows_are_deleted_after_the_retention_age(topic_settings
     await clean_db.execute(
         "UPDATE outbox SET published_at = now() - interval '2 hours' WHERE id <= 30"
     )
-    outbox_relay = relay.Relay(relay_config(topic_settings, retention_seconds=3600))
-    task = asyncio.create_task(outbox_relay.run())
-    try:
+    async with running(relay_config(topic_settings, retention_seconds=3600)):
         await wait_for(lambda: _count(clean_db), 30)
-    finally:
-        outbox_relay.stop()
-        await task
     # The 30 old ones are gone; the 20 just published are kept until they are old too.
     assert await clean_db.fetchval("SELECT count(*) FROM outbox") == 20
     assert await clean_db.fetchval("SELECT min(id) FROM outbox") == 31
