@@ -114,3 +114,23 @@ async def wait_healthy(url: str, timeout: float = 60) -> None:
                 pass
             await asyncio.sleep(0.1)
     raise AssertionError("server did not become healthy")
+
+
+def signed_json(
+    credential: tuple[str, str],
+    body: bytes,
+    path: str = "/xcloud/v1/customers",
+    method: str = "POST",
+) -> dict[str, str]:
+    """The auth headers (and Content-Type) of a JSON request, for tests that send it raw."""
+    from service import auth
+
+    service_id, secret = credential
+    return auth.sign_request(
+        service_id=service_id,
+        secret=secret,
+        method=method,
+        path_and_query=path,
+        body=body,
+        content_type="application/json",
+    )

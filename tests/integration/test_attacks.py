@@ -17,7 +17,7 @@ import pytest
 from service import auth, credentials
 from service.app import create_app
 from service.client import XCloudClient, make_customer_id
-from tests.helpers import DOC_EXAMPLE, example, free_port, row_counts, wait_healthy
+from tests.helpers import DOC_EXAMPLE, example, free_port, row_counts, signed_json, wait_healthy
 
 PATH = "/xcloud/v1/customers"
 
@@ -165,14 +165,7 @@ async def test_another_services_secret_does_not_work(api, clean_db, settings):
     async with clean_db.acquire() as conn:
         await credentials.add(conn, box, "service-a")
         secret_b = await credentials.add(conn, box, "service-b")
-    headers = auth.sign_request(
-        service_id="service-a",
-        secret=secret_b,
-        method="POST",
-        path_and_query=PATH,
-        body=json.dumps(DOC_EXAMPLE).encode(),
-        content_type="application/json",
-    )
+    headers = signed_json(("service-a", secret_b), json.dumps(DOC_EXAMPLE).encode())
     resp = await api.post(PATH, data=json.dumps(DOC_EXAMPLE).encode(), headers=headers)
     assert resp.status == 401
     assert (await resp.json())["error"] == "INVALID_SIGNATURE"
@@ -198,14 +191,7 @@ async def test_a_slow_body_times_out_and_frees_the_connection(
     app = create_app(dataclasses.replace(settings, body_timeout_seconds=1))
     client = await aiohttp_client(app)
     body = json.dumps(DOC_EXAMPLE).encode()
-    headers = auth.sign_request(
-        service_id=credential[0],
-        secret=credential[1],
-        method="POST",
-        path_and_query=PATH,
-        body=body,
-        content_type="application/json",
-    )
+    headers = signed_json(credential, body, PATH)
     head = f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
     reader, writer = await asyncio.open_connection(client.host, client.port)

@@ -19,7 +19,7 @@ import pytest
 
 from service.client import XCloudClient, make_customer_id
 from tests.conftest import SECRET_KEY
-from tests.helpers import example, free_port, wait_healthy
+from tests.helpers import example, free_port, signed_json, wait_healthy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BASE = "/xcloud/v1/customers"
@@ -216,19 +216,11 @@ async def test_two_workers_share_the_port_and_their_metrics(start_server, creden
 async def test_a_replay_sent_to_the_other_worker_process_is_refused(
     start_server, credential, clean_db
 ):
-    from service import auth
 
     server = await start_server("--workers", "2", "--no-relay")
     await server.serving_pids(2)
     body = json.dumps(example(customerId=make_customer_id("ReplayTwo"))).encode()
-    headers = auth.sign_request(
-        service_id=credential[0],
-        secret=credential[1],
-        method="POST",
-        path_and_query=BASE,
-        body=body,
-        content_type="application/json",
-    )
+    headers = signed_json(credential, body, BASE)
     statuses = []
     for _ in range(12):  # a fresh connection each time: the kernel spreads them over workers
         connector = aiohttp.TCPConnector(force_close=True)

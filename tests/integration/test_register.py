@@ -9,10 +9,9 @@ import re
 
 import pytest
 
-from service import auth
 from service.client import Conflict, InvalidRequest, XCloudClient, make_customer_id
 from service.schemas import CustomerCreatedSchema
-from tests.helpers import DOC_EXAMPLE, example, row_counts
+from tests.helpers import DOC_EXAMPLE, example, row_counts, signed_json
 
 PATH = "/xcloud/v1/customers"
 RFC3339_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
@@ -322,14 +321,7 @@ async def test_unknown_route_and_wrong_method_are_json(api):
 async def test_a_chunked_body_over_64_kib_is_413(api, credential, clean_db):
     """No Content-Length to check up front: the read itself stops at the limit."""
     body = json.dumps(example(description="x" * (70 * 1024))).encode()
-    headers = auth.sign_request(
-        service_id=credential[0],
-        secret=credential[1],
-        method="POST",
-        path_and_query=PATH,
-        body=body,
-        content_type="application/json",
-    )
+    headers = signed_json(credential, body, PATH)
 
     async def chunks():
         for i in range(0, len(body), 8192):
