@@ -1,9 +1,15 @@
-"""Where the tests find PostgreSQL and Kafka, in this order:
+"""Where the tests find PostgreSQL and Kafka.
 
-1. environment variables: TEST_DATABASE_URL (or DATABASE_URL) and KAFKA_BOOTSTRAP_SERVERS,
-   the way compose-based runs and CI plug in;
-2. testcontainers, when a Docker engine answers;
-3. the local processes of scripts/services.sh (started here when needed).
+`XCLOUD_TEST_SERVICES` chooses, and the session header says which was used:
+
+- `env`: TEST_DATABASE_URL (or DATABASE_URL) and KAFKA_BOOTSTRAP_SERVERS, the way
+  compose-based runs plug in;
+- `testcontainers`: containers started through a Docker engine;
+- `local`: the local processes of scripts/services.sh (started here when needed).
+
+Unset, it is `env` when both variables are set, else `local`. Docker is never picked
+just because an engine happens to answer: a suite must not change what it runs against
+because someone started dockerd for something else.
 """
 
 from __future__ import annotations
@@ -32,21 +38,10 @@ def _from_env() -> Services | None:
     return None
 
 
-def _docker_answers() -> bool:
-    try:
-        import docker
-
-        docker.from_env(timeout=3).ping()
-        return True
-    except Exception:
-        return False
-
-
 _containers: list = []
 
 
 def _from_testcontainers() -> Services:
-    # Not exercised on the development machines (no Docker engine there); see README.
     from testcontainers.kafka import KafkaContainer
     from testcontainers.postgres import PostgresContainer
 
@@ -81,7 +76,17 @@ async def _admin(base: str, *statements: str) -> None:
 
 
 def resolve() -> Services:
-    return _from_env() or (_from_testcontainers() if _docker_answers() else _from_local_processes())
+    choice = os.environ.get("XCLOUD_TEST_SERVICES", "")
+    if choice == "testcontainers":
+        return _from_testcontainers()
+    if choice == "local":
+        return _from_local_processes()
+    found = _from_env()
+    if choice == "env" and found is None:
+        raise RuntimeError("XCLOUD_TEST_SERVICES=env needs DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS")
+    if choice not in ("", "env"):
+        raise RuntimeError(f"XCLOUD_TEST_SERVICES must be env, testcontainers or local: {choice!r}")
+    return found or _from_local_processes()
 
 
 def stop() -> None:
