@@ -13,10 +13,11 @@ from collections.abc import AsyncIterator
 import asyncpg
 from aiohttp import web
 
-from service import auth, credentials, db, handlers, metrics, relay
+from service import auth, credentials, db, handlers, metrics
 from service.config import Settings
 from service.errors import ApiError, from_http_exception
 from service.keys import BODY, CALLER, CREDENTIALS, CURSORS, POOL, RELAY, REQUEST_ID, SETTINGS
+from service.outbox import relay
 from service.pagination import CursorSigner
 
 log = logging.getLogger("xcloud.api")

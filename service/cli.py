@@ -58,7 +58,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_relay(args: argparse.Namespace) -> int:
-    from service import relay
+    from service.outbox import relay
 
     settings = _settings(need_kafka=True)
     try:

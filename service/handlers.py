@@ -10,9 +10,10 @@ import orjson
 from aiohttp import web
 from marshmallow import ValidationError
 
-from service import auth, credentials, customers, events, metrics, relay, schemas, store
+from service import auth, credentials, customers, events, metrics, schemas, store
 from service.errors import ApiError, customer_not_found, json_response, validation_error
 from service.keys import BODY, CALLER, CURSORS, POOL, RELAY, SETTINGS
+from service.outbox.lanes import LANE_LOCK
 from service.pagination import BadCursor, Position
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -73,7 +74,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def prometheus(request: web.Request) -> web.Response:
-    body = await metrics.render(request.app[POOL], relay.LANE_LOCK)
+    body = await metrics.render(request.app[POOL], LANE_LOCK)
     return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
 

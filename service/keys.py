@@ -8,8 +8,8 @@ from aiohttp import web
 from service.auth import SignedRequest
 from service.config import Settings
 from service.credentials import CredentialStore
+from service.outbox.relay import Relay
 from service.pagination import CursorSigner
-from service.relay import Relay
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)

@@ -363,7 +363,7 @@ async def test_metrics_answer_while_the_database_is_gone(proxied_api):
 
 
 async def test_lanes_held_are_counted_from_the_database(api, settings, clean_db):
-    from service import relay as relay_mod
+    from service.outbox import relay as relay_mod
 
     outbox_relay = relay_mod.Relay(relay_mod.config_from(settings))
     task = asyncio.create_task(outbox_relay.run())

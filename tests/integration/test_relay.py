@@ -15,9 +15,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from service import customers, relay
+from service import customers
 from service.app import create_app
 from service.client import XCloudClient, make_customer_id
+from service.outbox import relay
 from tests.conftest import SECRET_KEY
 from tests.helpers import DOC_EXAMPLE, example
 from tests.kafka import by_subject, first_occurrences, read_topic, wait_for
