@@ -25,7 +25,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def pytest_report_header(config: pytest.Config) -> list[str]:
     s = config.stash[_SERVICES]
     return [
-        f"services from {s.source}: postgres {_redact(s.database_url)}, kafka {s.kafka_bootstrap}"
+        f"services from {s.source}: postgres {_redact(s.database_url)}, kafka {s.kafka_bootstrap}",
+        "fault scenarios and the broker-outage test: local processes of scripts/services.sh"
+        " (always, whatever the services above)",
     ]
 
 
