@@ -19,6 +19,7 @@ import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,7 +117,7 @@ async def fresh_database(urls: dict[str, str], secret_key: str, service_id: str)
     """Drop and create the working database, migrate it, add one credential; its secret."""
     from service import credentials, db
 
-    name = urls["db"].rsplit("/", 1)[1]
+    name = urlsplit(urls["db"]).path.lstrip("/")  # a multi-host URL may carry a query
     await _admin(
         urls["base"], f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name}"
     )

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+import uuid
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -9,6 +11,12 @@ from service.app import create_app
 from service.client import XCloudClient
 from tests.conftest import SECRET_KEY
 from tests.helpers import TcpProxy
+
+
+@pytest.fixture
+def topic_settings(settings):
+    """The settings with a topic of this test's own."""
+    return dataclasses.replace(settings, topic=f"xcloud.test.{uuid.uuid4().hex[:10]}")
 
 
 @pytest.fixture

@@ -13,22 +13,16 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 
-import pytest
-
 from service import customers
 from service.app import create_app
 from service.client import XCloudClient, make_customer_id
 from service.outbox import relay
+from tests import services as test_services
 from tests.conftest import SECRET_KEY
 from tests.helpers import DOC_EXAMPLE, example
 from tests.kafka import by_subject, first_occurrences, read_topic, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-@pytest.fixture
-def topic_settings(settings):
-    return dataclasses.replace(settings, topic=f"xcloud.test.{uuid.uuid4().hex[:10]}")
 
 
 def relay_config(s, **kw) -> relay.RelayConfig:
@@ -323,10 +317,12 @@ async def test_sigterm_finishes_the_batch_and_settles_only_what_was_acknowledged
 
 
 async def test_broker_down_writes_go_on_and_events_arrive_after(
-    aiohttp_client, topic_settings, credential, clean_db, services
+    aiohttp_client, topic_settings, credential, clean_db
 ):
-    if services.source != "local processes":
-        pytest.skip("stopping the broker needs the local Kafka of scripts/services.sh")
+    # Always the local broker of scripts/services.sh, whatever the suite runs against:
+    # this test stops and starts it.
+    local_kafka = test_services.local_services("xcloud")["kafka"]
+    topic_settings = dataclasses.replace(topic_settings, kafka_bootstrap_servers=local_kafka)
     client = await aiohttp_client(create_app(topic_settings, with_relay=True))
     services_sh = os.path.join(ROOT, "scripts", "services.sh")
     sent: list[str] = []
