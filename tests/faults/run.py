@@ -5,6 +5,7 @@ docs/reliability.md, and one closing line:
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import sys
 from datetime import UTC, datetime
@@ -39,6 +40,8 @@ def table(outcomes: list[scenarios.Outcome]) -> str:
 
 
 async def main() -> int:
+    # The checker's own clients log every refused connection while brokers are down.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     outcomes = []
     for scenario in scenarios.SCENARIOS:
         for i in range(scenario.repeat):
