@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import tempfile
 import time
 import uuid
@@ -138,35 +139,47 @@ async def cut_a_relay_off_postgres(stage: Stage) -> str:
     return "one relay's line to PostgreSQL cut twice for 5 s (it loses its lanes mid-batch)"
 
 
+def _mark(started: float, what: str) -> None:
+    print(f"faults:     {time.monotonic() - started:5.1f} s {what}", file=sys.stderr, flush=True)
+
+
 async def combined(stage: Stage) -> str:
     """Issue 12's operator run: six faults in sequence within 100 s."""
     cluster = stage.cluster
+    t0 = time.monotonic()
     await asyncio.sleep(3)
+    _mark(t0, "relay SIGKILL")
     cluster.relays[0].send_signal(signal.SIGKILL)
     await asyncio.sleep(2)
     cluster.start_relay()
     await asyncio.sleep(5)
+    _mark(t0, "serve SIGKILL")
     cluster.kill_server()
     await asyncio.sleep(2)
     cluster.start_server()
     await cluster.wait_ready()
     await asyncio.sleep(5)
+    _mark(t0, "broker SIGTERM")
     await asyncio.to_thread(harness.services_sh, "stop", "kafka")  # SIGTERM
     await asyncio.sleep(5)
     await asyncio.to_thread(harness.services_sh, "start", "kafka")
     await asyncio.sleep(8)
+    _mark(t0, "broker SIGKILL")
     await asyncio.to_thread(harness.kill_local_kafka)
     await asyncio.sleep(5)
     await asyncio.to_thread(harness.services_sh, "start", "kafka")
     await asyncio.sleep(8)
+    _mark(t0, "relay SIGSTOP")
     victim = cluster.relays[-1]
     os.kill(victim.pid, signal.SIGSTOP)
     await asyncio.sleep(5)
     os.kill(victim.pid, signal.SIGCONT)
     await asyncio.sleep(5)
+    _mark(t0, "PostgreSQL stop")
     await asyncio.to_thread(harness.services_sh, "stop", "postgres")  # fast shutdown
     await asyncio.sleep(3)
     await asyncio.to_thread(harness.services_sh, "start", "postgres")
+    _mark(t0, "PostgreSQL started")
     await asyncio.sleep(8)
     return (
         "in one run: relay SIGKILL + restart, serve SIGKILL (supervisor and workers) + "
@@ -297,6 +310,11 @@ def judge(o: Outcome) -> list[str]:
     problems = list(v.problems)
     if load.server_errors:
         problems.append(f"server errors: {dict(load.statuses)}, {load.hung} hung")
+    if load.hung_at:
+        problems.append(
+            f"requests without an answer in {harness.REQUEST_TIMEOUT:.0f} s were sent "
+            f"{min(load.hung_at):.1f}-{max(load.hung_at):.1f} s into the load"
+        )
     if load.acknowledged < o.min_acknowledged:
         problems.append(f"only {load.acknowledged} writes acknowledged (< {o.min_acknowledged})")
     if v.duplicates > o.duplicates_bound:
