@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from multidict import CIMultiDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
@@ -94,7 +95,7 @@ def signed_requests(draw: st.DrawFn) -> Signed:
 
 def receive(wire: Wire, secret: str | bytes | None, now: float) -> auth.SignedRequest:
     """The server's checks, in the server's order (service/app.py, auth_middleware)."""
-    req = auth.parse_headers(wire.headers, has_body=bool(wire.body))
+    req = auth.parse_headers(CIMultiDict(wire.headers), has_body=bool(wire.body))
     auth.check_fresh(req, now)
     key = secret.encode("utf-8") if isinstance(secret, str) else secret  # stored as bytes
     auth.check_signature(
