@@ -40,6 +40,7 @@ START, END = "<!-- attack:start -->", "<!-- attack:end -->"
 SECRET_KEY = "attack-secret-key-" + "a" * 32
 PATH = "/xcloud/v1/customers"
 LOOPBACK = "127.0.0.1"  # never anything else: this is a load attack
+WARM_UP = 50  # requests before each measured run
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Server:
     database_url: str
     secret_key: str
     log_path: Path
+    metrics_port: int | None = None
     proc: subprocess.Popen | None = None
     port: int = 0
 
@@ -66,6 +68,8 @@ class Server:
             "XCLOUD_PORT": str(self.port),
         }
         env.pop("XCLOUD_METRICS_PORT", None)
+        if self.metrics_port is not None:
+            env["XCLOUD_METRICS_PORT"] = str(self.metrics_port)
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve", "--workers", "1", "--no-relay"],
@@ -73,13 +77,12 @@ class Server:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        await wait_healthy(self.url)
+        health_port = self.metrics_port or self.port
+        await wait_healthy(f"http://{LOOPBACK}:{health_port}")
         return self
 
     def worker_pid(self) -> int:
-        """The worker's pid: the supervisor's only child."""
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
-        return int(children.split()[0])
+        return self.proc.pid  # with --workers 1, serve is its one worker itself
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -231,9 +234,8 @@ async def _load(url: str, send, count: int, concurrency: int = 32) -> dict[str, 
     async with aiohttp.ClientSession(url) as http:
 
         async def one(i: int) -> None:
-            async with slots:
-                async with await send(http, i) as resp:
-                    body = await resp.read()
+            async with slots, await send(http, i) as resp:
+                body = await resp.read()
             code = json.loads(body)["error"] if resp.status >= 400 and body else ""
             key = f"{resp.status} {code}".strip()
             statuses[key] = statuses.get(key, 0) + 1
@@ -269,7 +271,7 @@ async def bad_signatures(
     for name, send, n in (("legit", legit, max(500, count // 5)), ("bad", stranger, count)):
         server = await Server(database_url, secret_key, log_dir / f"serve-{name}.log").start()
         try:
-            await _load(server.url, send, 50)  # warm up: pool, caches, code paths
+            await _load(server.url, send, WARM_UP)  # pool, caches, code paths
             pid = server.worker_pid()
             xacts, cpu = await transactions(database_url), cpu_seconds(pid)
             statuses = await _load(server.url, send, n)

@@ -83,7 +83,9 @@ def resolve() -> Services:
         return _from_local_processes()
     found = _from_env()
     if choice == "env" and found is None:
-        raise RuntimeError("XCLOUD_TEST_SERVICES=env needs DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS")
+        raise RuntimeError(
+            "XCLOUD_TEST_SERVICES=env needs DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS"
+        )
     if choice not in ("", "env"):
         raise RuntimeError(f"XCLOUD_TEST_SERVICES must be env, testcontainers or local: {choice!r}")
     return found or _from_local_processes()

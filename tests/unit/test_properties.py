@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from multidict import CIMultiDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 from marshmallow import ValidationError
+from multidict import CIMultiDict
 
 from service import auth, schemas
 from tests.helpers import example
