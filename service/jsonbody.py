@@ -1,11 +1,15 @@
 """Request bodies as JSON, strictly: a key named twice in one object is an error.
 
 orjson (the fast parser) keeps the last of duplicate keys silently. Finding them costs
-a second, slower parse, so it runs only when it could find something: when the body
-holds more `:` bytes than the parsed document holds keys. Outside strings a `:` follows
-each key and nothing else, so the count can only over-estimate (a `:` inside a string
-costs the slow parse), never miss a duplicate. Measured on the contract's example body:
-orjson alone 2.8 us, with this check 8 us, the stdlib parser with a pairs hook 17 us.
+a second, slower parse, so it runs only when it could find something. Outside strings,
+a `:` follows each key and nothing else; so without duplicates the body holds exactly
+as many `:` bytes as the parsed document holds keys plus colons inside its strings, and
+a duplicate (whose key and value the parsed document lost) makes the body hold more.
+The document's count comes from orjson writing it back (C speed, no walk in Python).
+A colon written as an escape (`\\u003a`) would upset the count: its presence sends
+the body to the slow parse too. Measured on the contract's example body (CPU time,
+best of 9): orjson alone 1.8 us, with this check 4 us, the stdlib parser with a
+pairs hook 9 us, orjson plus that parser 11 us.
 """
 
 from __future__ import annotations
@@ -26,22 +30,18 @@ def loads(body: bytes) -> Any:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:  # also bad UTF-8, lone surrogates, too deep
         raise InvalidJson("The body is not valid JSON") from None
-    if body.count(b":") > _count_keys(doc):
+    colons = body.count(b":")
+    if colons and (colons > _colons(doc) or b"\\u003a" in body or b"\\u003A" in body):
         _check_duplicates(body)
     return doc
 
 
-def _count_keys(doc: Any) -> int:
-    count, stack = 0, [doc]
-    while stack:  # not recursive: orjson allows 1024 levels, Python's stack fewer
-        node = stack.pop()
-        kind = type(node)
-        if kind is dict:
-            count += len(node)
-            stack.extend(node.values())
-        elif kind is list:
-            stack.extend(node)
-    return count
+def _colons(doc: Any) -> int:
+    """The `:` bytes of `doc` as JSON text (orjson writes no escaped colon)."""
+    try:
+        return orjson.dumps(doc).count(b":")
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes: let the slow parse say
+        return -1
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
