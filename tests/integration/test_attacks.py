@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import time
+from types import SimpleNamespace
 
 import aiohttp
 import pytest
@@ -446,6 +447,9 @@ async def test_metrics_on_their_own_port_and_scrapes_cost_no_query(
                     assert resp.status == 200, route
             async with http.get(server.url + "/openapi.json") as resp:
                 assert resp.status == 200
+            # `xcloud serve` itself answers what its parser refuses in the JSON format.
+            port = SimpleNamespace(host="127.0.0.1", port=server.port)
+            assert_error(await raw_bytes(port, b"GARBAGE\r\n\r\n"), 400, "BAD_REQUEST")
             async with XCloudClient(server.url, *credential) as client:
                 await client.register_customer(DOC_EXAMPLE)  # the API itself is there
             for _ in range(300):
@@ -456,6 +460,10 @@ async def test_metrics_on_their_own_port_and_scrapes_cost_no_query(
         server.stop()
     elapsed = time.monotonic() - started
     assert "xcloud_http_requests_total" in text
+    log = (tmp_path / "serve.log").read_text()
+    refused = [json.loads(line) for line in log.splitlines() if "refused by the HTTP" in line]
+    assert [r["level"] for r in refused] == ["WARNING"]
+    assert "Traceback" not in log
     await asyncio.sleep(0.5)
     spent = await attacks.transactions(settings.database_url) - before
     # Fixed costs (readyz, the registration, the credential lookups: about 12, each with
