@@ -59,7 +59,8 @@ class CredentialStore:
     Two in-process caches, both refreshed from the database at most every `ttl` seconds,
     which bounds how long a revoked credential keeps working in a running process:
 
-    - the set of active service ids. An id outside it is answered "unknown" from memory,
+    - the set of active service ids (one per calling service: tens, not millions, so
+      all of them fit in memory). An id outside it is answered "unknown" from memory,
       so made-up ids (a new one per request, as an attacker would send) cost no query.
       An id created after the last refresh is looked for by refreshing the set, at most
       once per `miss_interval` seconds whatever the number of unknown ids, so a new
