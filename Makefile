@@ -6,13 +6,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: help install run test bench faults lint format services stop status clean
+.PHONY: help install run test bench faults attack lint format services stop status clean
 
 help:
 	@echo "make run      start PostgreSQL + Kafka locally, migrate, create a dev credential, serve"
 	@echo "make test     the whole suite against real PostgreSQL and Kafka"
 	@echo "make bench    benchmarks (QUICK=1 for the 5-minute version)"
 	@echo "make faults   fault injection under load; table in docs/reliability.md"
+	@echo "make attack   slow headers and bad signatures by strangers; figures in docs/reliability.md"
 	@echo "make lint     ruff check + format check"
 	@echo "make stop     stop the local PostgreSQL and Kafka"
 
@@ -43,6 +44,11 @@ bench: install
 # Every fault scenario (a few minutes); the fast ones also run in `make test`.
 faults: install
 	$(BIN)/python -m tests.faults.run
+
+# Two attacks by strangers on a real server (300 slow-header connections for 60 s,
+# 10,000 bad signatures; about 3 minutes). The fast form runs in `make test`.
+attack: install
+	$(BIN)/python -m tests.attack --full
 
 lint: install
 	$(BIN)/ruff check service tests scripts examples bench

@@ -13,11 +13,22 @@ from collections.abc import AsyncIterator
 import asyncpg
 from aiohttp import web
 
-from service import auth, credentials, db, handlers, metrics
+from service import auth, credentials, db, handlers, httpserver, metrics
 from service.config import Settings
 from service.errors import ApiError, from_http_exception
-from service.keys import BODY, CALLER, CREDENTIALS, CURSORS, POOL, RELAY, REQUEST_ID, SETTINGS
+from service.keys import (
+    BODY,
+    CALLER,
+    CREDENTIALS,
+    CURSORS,
+    GAUGES,
+    POOL,
+    RELAY,
+    REQUEST_ID,
+    SETTINGS,
+)
 from service.outbox import relay
+from service.outbox.lanes import LANE_LOCK
 from service.pagination import CursorSigner
 
 log = logging.getLogger("xcloud.api")
@@ -140,6 +151,23 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     await pool.close()
 
 
+async def _gauge_refresher(app: web.Application) -> AsyncIterator[None]:
+    """Reads the database-derived metrics in the background: scrapes cost no query."""
+    gauges = app[GAUGES] = metrics.DatabaseGauges()
+    interval = app[SETTINGS].metrics_refresh_seconds
+
+    async def refresh() -> None:
+        while True:
+            await gauges.refresh(app[POOL], LANE_LOCK)
+            await asyncio.sleep(interval)
+
+    task = asyncio.create_task(refresh())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def _nonce_sweeper(app: web.Application) -> AsyncIterator[None]:
     async def sweep() -> None:
         while True:
@@ -176,21 +204,20 @@ def _report_relay_end(task: asyncio.Task) -> None:
 
 
 def create_app(settings: Settings, *, with_relay: bool = False) -> web.Application:
+    """The API. With `settings.metrics_port` set, /healthz, /readyz and /metrics are not
+    on it but on `create_ops_app(app)`, served on that port."""
     app = web.Application(
         middlewares=[error_middleware, auth_middleware],
         client_max_size=MAX_BODY,
-        # After an answer that left the body unread, wait at most 1 s (not aiohttp's 10)
-        # for the rest before closing: a trickling body must not hold the connection.
-        handler_args={"lingering_time": 1.0},
+        handler_args=httpserver.HANDLER_ARGS,
     )
     app[SETTINGS] = settings
     app[CURSORS] = CursorSigner(settings.secret_key)
-    app.cleanup_ctx.extend([_database, _nonce_sweeper])
+    app.cleanup_ctx.extend([_database, _gauge_refresher, _nonce_sweeper])
     if with_relay:
         app.cleanup_ctx.append(_relay)
-    app.router.add_get("/healthz", handlers.healthz, allow_head=False)
-    app.router.add_get("/readyz", handlers.readyz, allow_head=False)
-    app.router.add_get("/metrics", handlers.prometheus, allow_head=False)
+    if settings.metrics_port is None:
+        _add_ops_routes(app)
     app.router.add_get("/openapi.json", handlers.openapi, allow_head=False)
     app.router.add_post(f"{API_PREFIX}/customers", handlers.register_customer)
     app.router.add_get(f"{API_PREFIX}/customers", handlers.list_customers, allow_head=False)
@@ -199,3 +226,25 @@ def create_app(settings: Settings, *, with_relay: bool = False) -> web.Applicati
     one.add_route("PUT", handlers.update_customer)
     one.add_route("HEAD", handlers.customers_exist)  # 1-100 comma-separated ids
     return app
+
+
+def _add_ops_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", handlers.healthz, allow_head=False)
+    app.router.add_get("/readyz", handlers.readyz, allow_head=False)
+    app.router.add_get("/metrics", handlers.prometheus, allow_head=False)
+
+
+def create_ops_app(api: web.Application) -> web.Application:
+    """/healthz, /readyz and /metrics alone, for XCLOUD_METRICS_PORT. They answer from
+    the API app's pool, relay and gauges, so `api` must be started first."""
+    ops = web.Application(middlewares=[error_middleware], handler_args=httpserver.HANDLER_ARGS)
+    _add_ops_routes(ops)
+
+    async def share(ops: web.Application) -> None:
+        ops[POOL] = api[POOL]
+        ops[GAUGES] = api[GAUGES]
+        if RELAY in api:
+            ops[RELAY] = api[RELAY]
+
+    ops.on_startup.append(share)
+    return ops

@@ -13,8 +13,9 @@ import hmac
 import re
 import secrets
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
+
+from multidict import MultiMapping
 
 SCHEME = "HMAC-SHA256"
 WINDOW_SECONDS = 300
@@ -121,12 +122,26 @@ def _required() -> AuthError:
     return AuthError(401, "AUTH_REQUIRED", "Missing or malformed authentication headers")
 
 
-def parse_headers(headers: Mapping[str, str], *, has_body: bool) -> SignedRequest:
-    """Step 1: every auth header present and well formed, else 401 AUTH_REQUIRED."""
-    match = _AUTHORIZATION.match(headers.get("Authorization", ""))
-    timestamp = headers.get(TIMESTAMP_HEADER, "")
-    nonce = headers.get(NONCE_HEADER, "")
-    md5 = headers.get("Content-MD5", "")
+# Every header the string to sign is made of (Content-Type included): each must come
+# at most once, so that a proxy reading the last copy sees what the signature covers,
+# and in printable ASCII, so that the string to sign is well defined.
+SIGNED_HEADERS = ("Authorization", TIMESTAMP_HEADER, NONCE_HEADER, "Content-MD5", "Content-Type")
+
+
+def _single(headers: MultiMapping[str], name: str) -> str:
+    values = headers.getall(name, ())
+    if len(values) > 1:
+        raise _required()
+    value = values[0] if values else ""
+    if not (value.isascii() and value.isprintable()):  # also refuses raw bytes >= 0x80
+        raise _required()
+    return value
+
+
+def parse_headers(headers: MultiMapping[str], *, has_body: bool) -> SignedRequest:
+    """Step 1: every auth header present, sent once and well formed, else 401 AUTH_REQUIRED."""
+    authorization, timestamp, nonce, md5, _ = (_single(headers, h) for h in SIGNED_HEADERS)
+    match = _AUTHORIZATION.match(authorization)
     if not match or not _TIMESTAMP.match(timestamp) or not _NONCE.match(nonce):
         raise _required()
     if (has_body or md5) and not _MD5.match(md5):

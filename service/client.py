@@ -128,7 +128,11 @@ class XCloudClient:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            # The server's own line limit: a HEAD's X-Missing-Customer-Ids may name
+            # 100 ids of the longest form, over aiohttp's default 8190 bytes.
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout, max_line_size=16 * 1024, max_field_size=16 * 1024
+            )
         return self._session
 
     async def request(

@@ -38,6 +38,8 @@ class Settings:
     topic: str = "xcloud.customers"
     host: str = "0.0.0.0"  # noqa: S104 - a server's listen address, overridable
     port: int = 8080
+    # When set, /metrics, /healthz and /readyz are served on this port instead of `port`.
+    metrics_port: int | None = None
     limits: Limits = Limits()
     db_pool_size: int = 20
     topic_partitions: int = 6
@@ -45,6 +47,7 @@ class Settings:
     relay_batch_size: int = 500
     body_timeout_seconds: int = 10
     outbox_retention_seconds: int = 0
+    metrics_refresh_seconds: float = 5.0  # contract 10: at most every 5 s
 
 
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$")
@@ -88,13 +91,19 @@ def load(env: Mapping[str, str] | None = None, *, need_kafka: bool = False) -> S
     if not _TOPIC.match(topic):
         raise ConfigError("XCLOUD_TOPIC", "must be 1-249 of [A-Za-z0-9._-]")
 
+    port = _int(env, "XCLOUD_PORT", 8080, 1, 65535)
+    metrics_port = _int(env, "XCLOUD_METRICS_PORT", 0, 1, 65535) or None
+    if metrics_port == port:
+        raise ConfigError("XCLOUD_METRICS_PORT", "must differ from XCLOUD_PORT")
+
     return Settings(
         database_url=database_url,
         secret_key=secret_key,
         kafka_bootstrap_servers=kafka,
         topic=topic,
         host=env.get("XCLOUD_HOST") or "0.0.0.0",  # noqa: S104
-        port=_int(env, "XCLOUD_PORT", 8080, 1, 65535),
+        port=port,
+        metrics_port=metrics_port,
         limits=Limits(
             max_devices=_int(env, "XCLOUD_LIMIT_MAX_DEVICES", 100, 0, 10**9),
             max_users=_int(env, "XCLOUD_LIMIT_MAX_USERS", 50, 0, 10**9),

@@ -10,10 +10,9 @@ import orjson
 from aiohttp import web
 from marshmallow import ValidationError
 
-from service import auth, credentials, customers, events, metrics, schemas, store
+from service import auth, credentials, customers, events, jsonbody, metrics, schemas, store
 from service.errors import ApiError, customer_not_found, json_response, validation_error
-from service.keys import BODY, CALLER, CURSORS, POOL, RELAY, SETTINGS
-from service.outbox.lanes import LANE_LOCK
+from service.keys import BODY, CALLER, CURSORS, GAUGES, POOL, RELAY, SETTINGS
 from service.pagination import BadCursor, Position
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -44,11 +43,9 @@ async def json_object(request: web.Request) -> dict[str, Any]:
             ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "Content-Type must be application/json"),
         )
     try:
-        doc = orjson.loads(request[BODY])
-    except orjson.JSONDecodeError:  # also bad UTF-8, lone surrogates, too deep
-        raise await reject(
-            request, ApiError(400, "INVALID_JSON", "The body is not valid JSON")
-        ) from None
+        doc = jsonbody.loads(request[BODY])
+    except jsonbody.InvalidJson as exc:
+        raise await reject(request, ApiError(400, "INVALID_JSON", str(exc))) from None
     if not isinstance(doc, dict):
         raise await reject(request, ApiError(400, "INVALID_JSON", "The body must be a JSON object"))
     return doc
@@ -74,7 +71,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def prometheus(request: web.Request) -> web.Response:
-    body = await metrics.render(request.app[POOL], LANE_LOCK)
+    body = metrics.render(request.app[POOL], request.app[GAUGES])
     return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
 

@@ -8,6 +8,7 @@ from aiohttp import web
 from service.auth import SignedRequest
 from service.config import Settings
 from service.credentials import CredentialStore
+from service.metrics import DatabaseGauges
 from service.outbox.relay import Relay
 from service.pagination import CursorSigner
 
@@ -16,6 +17,7 @@ POOL = web.AppKey("pool", asyncpg.Pool)
 CREDENTIALS = web.AppKey("credentials", CredentialStore)
 CURSORS = web.AppKey("cursors", CursorSigner)
 RELAY = web.AppKey("relay", Relay)  # present when the relay runs in this process
+GAUGES = web.AppKey("gauges", DatabaseGauges)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 CALLER = web.RequestKey("caller", SignedRequest)  # authenticated, nonce not claimed yet

@@ -2,8 +2,10 @@
 
 With several worker processes (`xcloud serve --workers N`), PROMETHEUS_MULTIPROC_DIR is
 set by the supervisor before any worker starts, and prometheus-client's multiprocess mode
-adds the workers' values up at scrape time. Outbox figures are read from PostgreSQL at
-scrape time, so they are right whichever process answers and whichever runs the relay.
+adds the workers' values up at scrape time. Outbox figures are read from PostgreSQL, so
+they are right whichever process answers and whichever runs the relay; a background task
+reads them (every 5 s by default), so a scrape costs no database query and scrapers,
+however many, add no load on the database (contract section 10).
 """
 
 from __future__ import annotations
@@ -63,14 +65,26 @@ SELECT
 """
 
 
-class _Snapshot:
-    """A one-off collector for values read from the database just now."""
+class DatabaseGauges:
+    """The outbox figures, as last read from the database by `refresh`."""
 
-    def __init__(self, row: asyncpg.Record) -> None:
-        self._row = row
+    def __init__(self) -> None:
+        self._row: asyncpg.Record | None = None
+        self.registry = CollectorRegistry()
+        self.registry.register(self)
+
+    async def refresh(self, pool: asyncpg.Pool, lane_lock: int) -> None:
+        """Read them again; when the database does not answer within 2 s they are left
+        out of the scrapes until it does, rather than shown stale."""
+        try:
+            self._row = await asyncio.wait_for(pool.fetchrow(_OUTBOX_SQL, lane_lock), 2.0)
+        except Exception:  # whatever the failure, the scrape serves what this process knows
+            self._row = None
 
     def collect(self):
         row = self._row
+        if row is None:
+            return
         yield GaugeMetricFamily(
             "xcloud_outbox_pending_rows", "Outbox rows not yet published", value=row["pending"]
         )
@@ -100,22 +114,13 @@ def record_pool(pool: asyncpg.Pool) -> None:
     POOL.labels("max").set(pool.get_max_size())
 
 
-async def render(pool: asyncpg.Pool, lane_lock: int) -> bytes:
-    """The metrics text. The database-derived gauges are left out when it does not
-    answer within 2 s, so request figures stay visible during a database outage."""
-    try:
-        row = await asyncio.wait_for(pool.fetchrow(_OUTBOX_SQL, lane_lock), 2.0)
-    except Exception:  # whatever the failure, serve what this process knows
-        row = None
+def render(pool: asyncpg.Pool, gauges: DatabaseGauges) -> bytes:
+    """The metrics text, from memory only."""
     record_pool(pool)
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         processes = CollectorRegistry()
         MultiProcessCollector(processes)
     else:
         processes = REGISTRY
-    if row is None:
-        return generate_latest(processes)
-    snapshot = CollectorRegistry()
-    snapshot.register(_Snapshot(row))
     # The text format is a list of metric families: two registries' output concatenate.
-    return generate_latest(processes) + generate_latest(snapshot)
+    return generate_latest(processes) + generate_latest(gauges.registry)

@@ -7,9 +7,9 @@ here). Errors come back as dotted paths, the form of the contract's `details`.
 
 from __future__ import annotations
 
+import importlib.resources
 import math
 import re
-import zoneinfo
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
@@ -24,7 +24,9 @@ DEFAULT_SETTINGS = {
     "reportingEnabled": True,
 }
 _PHONE = re.compile(r"[0-9+ .()\-]+")
-_TIMEZONES = frozenset(zoneinfo.available_timezones())
+# The zone names of the tz database as shipped by the tzdata package, not whatever the
+# host's zoneinfo directory holds (which adds host files such as `localtime`).
+_TIMEZONES = frozenset(importlib.resources.files("tzdata").joinpath("zones").read_text().split())
 
 
 def is_customer_id(value: str) -> bool:

@@ -8,6 +8,7 @@ supervisor restarts a worker that dies, and on SIGTERM/SIGINT stops them all gra
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -20,7 +21,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from service.app import create_app
+from service import httpserver
+from service.app import create_app, create_ops_app
 from service.config import Settings
 
 log = logging.getLogger("xcloud.server")
@@ -35,29 +37,64 @@ def default_workers() -> int:
 
 def run_worker(settings: Settings, *, with_relay: bool, reuse_port: bool) -> None:
     """Serve until SIGTERM/SIGINT: stop accepting, finish in-flight requests, stop the
-    relay after its batch, close the pool (aiohttp's run_app does it in that order)."""
-    loop = None
+    relay after its batch, close the pool (what aiohttp's run_app does, in that order;
+    run_app cannot take the runner that gives parser errors the contract's format)."""
     try:
         import uvloop
 
         loop = uvloop.new_event_loop()
     except ImportError:  # uvloop is optional: plain asyncio works, a little slower
-        pass
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     app = create_app(settings, with_relay=with_relay)
     if reuse_port:  # started by the supervisor: do not outlive it
         app.cleanup_ctx.append(_exit_with_parent)
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        reuse_port=reuse_port,
-        access_log=None,  # the app logs one JSON line per request itself
-        shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
-        loop=loop,
-        print=lambda _: log.info(
-            "serving", extra={"host": settings.host, "port": settings.port, "pid": os.getpid()}
-        ),
-    )
+    main = loop.create_task(_serve(app, settings, reuse_port=reuse_port))
+    try:
+        loop.run_until_complete(main)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        if not main.done():
+            main.cancel()  # its `finally` shuts the runners down gracefully
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(main)
+        rest = asyncio.all_tasks(loop)
+        for task in rest:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+async def _serve(app: web.Application, settings: Settings, *, reuse_port: bool) -> None:
+    runners = [
+        httpserver.Runner(
+            app, handle_signals=True, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS
+        )
+    ]  # the app logs one JSON line per request itself: no aiohttp access log
+    sites = [(runners[0], settings.port)]
+    try:
+        await runners[0].setup()  # starts the app: pool, relay
+        if settings.metrics_port is not None:
+            runners.append(httpserver.Runner(create_ops_app(app), access_log=None))
+            await runners[1].setup()
+            sites.append((runners[1], settings.metrics_port))
+        for runner, port in sites:
+            await web.TCPSite(runner, settings.host, port, reuse_port=reuse_port).start()
+        log.info(
+            "serving",
+            extra={
+                "host": settings.host,
+                "port": settings.port,
+                "metrics_port": settings.metrics_port,
+                "pid": os.getpid(),
+            },
+        )
+        await asyncio.Event().wait()  # until cancelled by a signal
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
 
 
 async def _exit_with_parent(app: web.Application) -> AsyncIterator[None]:

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 
 import pytest
+from multidict import CIMultiDict
 
 from service import auth
 
@@ -67,7 +68,7 @@ def verify(
     query="q=1",
     content_type="application/json",
 ):
-    req = auth.parse_headers(headers, has_body=bool(body))
+    req = auth.parse_headers(CIMultiDict(headers), has_body=bool(body))
     auth.check_fresh(req, now)
     auth.check_signature(
         req, secret, method=method, path=path, query=query, content_type=content_type
@@ -119,7 +120,7 @@ def test_body_without_content_md5_is_auth_required():
     headers = sign()
     del headers["Content-MD5"]
     with pytest.raises(auth.AuthError) as err:
-        auth.parse_headers(headers, has_body=True)
+        auth.parse_headers(CIMultiDict(headers), has_body=True)
     assert (err.value.status, err.value.code) == (401, "AUTH_REQUIRED")
 
 

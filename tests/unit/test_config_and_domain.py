@@ -54,3 +54,12 @@ def test_api_keys_are_distinct_and_long():
     assert keys.primary != keys.secondary
     assert len(keys.primary) >= 40
     assert keys.hashes()[0] != keys.hashes()[1]
+
+
+def test_metrics_port_is_optional_and_checked():
+    assert config.load(GOOD).metrics_port is None
+    assert config.load({**GOOD, "XCLOUD_METRICS_PORT": "9100"}).metrics_port == 9100
+    for bad in ("0", "70000", "metrics", "8080"):  # 8080: the API's own port
+        with pytest.raises(config.ConfigError) as err:
+            config.load({**GOOD, "XCLOUD_METRICS_PORT": bad})
+        assert err.value.variable == "XCLOUD_METRICS_PORT"

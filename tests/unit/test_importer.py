@@ -167,8 +167,10 @@ class StubClient:
         self.failures = failures or {}  # id -> exceptions to raise first, in order
         self.in_flight = self.most_in_flight = 0
         self.posted: list[str] = []
+        self.heads: list[list[str]] = []
 
     async def missing_customers(self, ids):
+        self.heads.append(list(ids))
         return [i for i in ids if i not in self.existing]
 
     async def register_customer(self, body):
@@ -229,6 +231,23 @@ async def test_run_import_skips_existing_ones_and_bounds_the_requests_in_flight(
     assert len(client.posted) == 247 and "C1" not in client.posted
     assert 1 < client.most_in_flight <= FAST.concurrency
     assert len(out.getvalue().splitlines()) == 251
+
+
+async def test_existence_checks_of_the_longest_ids_fit_an_8_kib_request_line():
+    longest = [f"FST-{n:014d}-" + "x" * 64 for n in range(250)]  # 83 characters each
+    assert {len(i) for i in longest} == {83}
+    records = [importer.Record(n + 1, i, {"customerId": i}) for n, i in enumerate(longest)]
+    client = StubClient(existing=set(longest))
+    report = importer.Report(io.StringIO())
+
+    assert await importer.run_import(records, client, report, FAST)
+
+    assert report.counts == Counter(existed=250)  # none sent needlessly
+    assert [i for head in client.heads for i in head] == longest
+    for head in client.heads:
+        line = f"HEAD /xcloud/v1/customers/{','.join(head)} HTTP/1.1"
+        assert len(line) < 8190 and len(head) <= importer.HEAD_BATCH
+    assert len(client.heads) == 3  # 92 + 92 + 66: as few as fit
 
 
 async def test_run_import_stops_sending_once_the_server_is_gone():

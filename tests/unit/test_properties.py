@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 from marshmallow import ValidationError
+from multidict import CIMultiDict
 
 from service import auth, schemas
 from tests.helpers import example
@@ -94,7 +95,7 @@ def signed_requests(draw: st.DrawFn) -> Signed:
 
 def receive(wire: Wire, secret: str | bytes | None, now: float) -> auth.SignedRequest:
     """The server's checks, in the server's order (service/app.py, auth_middleware)."""
-    req = auth.parse_headers(wire.headers, has_body=bool(wire.body))
+    req = auth.parse_headers(CIMultiDict(wire.headers), has_body=bool(wire.body))
     auth.check_fresh(req, now)
     key = secret.encode("utf-8") if isinstance(secret, str) else secret  # stored as bytes
     auth.check_signature(

@@ -76,3 +76,18 @@ def test_dotted_flattens_nested_messages():
         "a": ["y"],
         "c": ["z"],
     }
+
+
+@pytest.mark.parametrize("zone", ["America/Chicago", "UTC", "Europe/Paris", "Etc/GMT+5"])
+def test_zones_of_the_tz_database_pass(zone):
+    schemas.load_create(example(businessInfo={"timezone": zone}))
+
+
+@pytest.mark.parametrize(
+    "zone",
+    ["localtime", "posixrules", "/etc/localtime", "America/../UTC", "america/chicago", ""],
+)
+def test_host_files_and_paths_are_no_zones(zone):
+    with pytest.raises(ValidationError) as err:
+        schemas.load_create(example(businessInfo={"timezone": zone}))
+    assert "timezone" in err.value.messages["businessInfo"]
