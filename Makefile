@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 		|| { echo "Python 3.11+ is required"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -U pip
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test,tools]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -37,7 +37,7 @@ test: install
 # load generator. Ends with the two ratio lines.
 bench: install
 	@command -v go >/dev/null || { echo "bench needs Go (apt-get install golang)"; exit 1; }
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[test,bench]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test,tools,bench]'
 	$(BIN)/python bench/run.py $(if $(QUICK),--quick,)
 
 # Every fault scenario (a few minutes); the fast ones also run in `make test`.
