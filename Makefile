@@ -6,7 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: help install run test bench faults lint format services stop status clean
+.PHONY: help install run test bench faults lint format services stop status clean dist \
+	compose-test testcontainers-test docker-stop
 
 help:
 	@echo "make run      start PostgreSQL + Kafka locally, migrate, create a dev credential, serve"
@@ -14,6 +15,9 @@ help:
 	@echo "make bench    benchmarks (QUICK=1 for the 5-minute version)"
 	@echo "make faults   fault injection under load; table in docs/reliability.md"
 	@echo "make lint     ruff check + format check"
+	@echo "make dist     dist/: the wheel and its dependencies' wheels (what the Dockerfile installs)"
+	@echo "make compose-test         docker compose up, a signed 201 and its event, down -v"
+	@echo "make testcontainers-test  a test session on testcontainers (needs a Docker engine)"
 	@echo "make stop     stop the local PostgreSQL and Kafka"
 
 $(STAMP): pyproject.toml
@@ -51,6 +55,27 @@ lint: install
 format: install
 	$(BIN)/ruff format service tests scripts examples bench
 	$(BIN)/ruff check --fix service tests scripts examples bench
+
+dist: install
+	@scripts/dist.sh
+
+# The Docker paths, run for real. Both start dockerd when no engine answers (and say so),
+# and use local stand-ins for the official images when Docker Hub cannot be reached
+# (README "Docker here"). compose-test ends with `compose: 201 and its event in N s`.
+compose-test: install
+	$(BIN)/python -m tests.compose.run
+
+# A subset: registration, the wheel, and the relay tests (but the one that stops the broker:
+# it drives scripts/services.sh, so it runs on local processes only).
+TC_TESTS ?= tests/integration/test_register.py tests/integration/test_wheel.py \
+	tests/integration/test_relay.py -k "not broker_down"
+testcontainers-test: install
+	@images=$$($(BIN)/python -m tests.docker_images XCLOUD_POSTGRES_IMAGE XCLOUD_KAFKA_IMAGE) \
+		&& env $$images XCLOUD_TEST_SERVICES=testcontainers TESTCONTAINERS_RYUK_DISABLED=true \
+		$(BIN)/python -m pytest $(TC_TESTS) $(PYTEST_ARGS)
+
+docker-stop:
+	@scripts/docker-engine.sh stop
 
 services: install
 	@scripts/services.sh start

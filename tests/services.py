@@ -42,13 +42,57 @@ _containers: list = []
 
 
 def _from_testcontainers() -> Services:
-    from testcontainers.kafka import KafkaContainer
+    """PostgreSQL and Kafka in containers started through the Docker engine, from the images
+    named by XCLOUD_POSTGRES_IMAGE and XCLOUD_KAFKA_IMAGE (default: the official ones; `make
+    testcontainers-test` puts local stand-ins there when Docker Hub is out of reach). Both
+    are published on 127.0.0.1 at ports the kernel picks (32768-60999)."""
+    import docker
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.wait_strategies import LogMessageWaitStrategy
     from testcontainers.postgres import PostgresContainer
 
-    pg = PostgresContainer("postgres:15", driver=None).start()
-    kafka = KafkaContainer("apache/kafka:3.9.1").with_kraft().start()
-    _containers.extend([pg, kafka])
-    return Services(pg.get_connection_url(), kafka.get_bootstrap_server(), "testcontainers")
+    pg_image = os.environ.get("XCLOUD_POSTGRES_IMAGE") or "postgres:15"
+    kafka_image = os.environ.get("XCLOUD_KAFKA_IMAGE") or "apache/kafka:3.9.1"
+    pg = PostgresContainer(pg_image, driver=None).with_bind_ports(5432, ("127.0.0.1", _port()))
+    _containers.append(pg.start())
+    # Not testcontainers' KafkaContainer: that one drives Confluent's image scripts. This is
+    # the apache/kafka image's own KAFKA_* interface, with the host's port advertised.
+    port = _port()
+    kafka = DockerContainer(kafka_image).with_bind_ports(9092, ("127.0.0.1", port))
+    for name, value in {
+        "KAFKA_NODE_ID": "1",
+        "KAFKA_PROCESS_ROLES": "broker,controller",
+        "KAFKA_LISTENERS": "HOST://:9092,PLAINTEXT://:19092,CONTROLLER://:9093",
+        "KAFKA_ADVERTISED_LISTENERS": f"HOST://127.0.0.1:{port},PLAINTEXT://localhost:19092",
+        "KAFKA_INTER_BROKER_LISTENER_NAME": "PLAINTEXT",
+        "KAFKA_CONTROLLER_LISTENER_NAMES": "CONTROLLER",
+        "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP": (
+            "HOST:PLAINTEXT,PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+        ),
+        "KAFKA_CONTROLLER_QUORUM_VOTERS": "1@localhost:9093",
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR": "1",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": "1",
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR": "1",
+        "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS": "0",
+        "KAFKA_NUM_PARTITIONS": "3",
+    }.items():
+        kafka.with_env(name, value)
+    kafka.waiting_for(LogMessageWaitStrategy("Kafka Server started").with_startup_timeout(120))
+    _containers.append(kafka.start())
+    engine = docker.from_env().version()["Version"]
+    return Services(
+        pg.get_connection_url(host="127.0.0.1"),
+        f"127.0.0.1:{port}",
+        f"testcontainers (Docker {engine}; images {pg_image}, {kafka_image})",
+    )
+
+
+def _port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 _own_database: list[str] = []
@@ -83,7 +127,9 @@ def resolve() -> Services:
         return _from_local_processes()
     found = _from_env()
     if choice == "env" and found is None:
-        raise RuntimeError("XCLOUD_TEST_SERVICES=env needs DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS")
+        raise RuntimeError(
+            "XCLOUD_TEST_SERVICES=env needs DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS"
+        )
     if choice not in ("", "env"):
         raise RuntimeError(f"XCLOUD_TEST_SERVICES must be env, testcontainers or local: {choice!r}")
     return found or _from_local_processes()
