@@ -49,16 +49,23 @@ def _from_testcontainers() -> Services:
     import docker
     from testcontainers.core.container import DockerContainer
     from testcontainers.core.wait_strategies import LogMessageWaitStrategy
-    from testcontainers.postgres import PostgresContainer
+
+    try:  # testcontainers >= 4.10 moved it; the old path warns
+        from testcontainers.community.postgres import PostgresContainer
+    except ImportError:
+        from testcontainers.postgres import PostgresContainer
 
     pg_image = os.environ.get("XCLOUD_POSTGRES_IMAGE") or "postgres:15"
     kafka_image = os.environ.get("XCLOUD_KAFKA_IMAGE") or "apache/kafka:3.9.1"
-    pg = PostgresContainer(pg_image, driver=None).with_bind_ports(5432, ("127.0.0.1", _port()))
+    pg = PostgresContainer(pg_image, driver=None)
+    # Loopback only: testcontainers' with_bind_ports takes no address, docker-py's ports do.
+    pg.ports["5432"] = ("127.0.0.1", _port())
     _containers.append(pg.start())
     # Not testcontainers' KafkaContainer: that one drives Confluent's image scripts. This is
     # the apache/kafka image's own KAFKA_* interface, with the host's port advertised.
     port = _port()
-    kafka = DockerContainer(kafka_image).with_bind_ports(9092, ("127.0.0.1", port))
+    kafka = DockerContainer(kafka_image)
+    kafka.ports["9092"] = ("127.0.0.1", port)
     for name, value in {
         "KAFKA_NODE_ID": "1",
         "KAFKA_PROCESS_ROLES": "broker,controller",
