@@ -7,6 +7,7 @@
 #   scripts/services.sh stop  [postgres|kafka]   stop cleanly
 #   scripts/services.sh status                   what runs where
 #   scripts/services.sh env                      print the variables to export
+#   scripts/services.sh jars                     fetch the Kafka jars only; print their folder
 #
 # Ports: XCLOUD_PG_PORT (25432), XCLOUD_KAFKA_PORT (29092; controller = port + 1). Both lie
 # below Linux's ephemeral range (32768-60999): a client that keeps reconnecting to a
@@ -185,5 +186,6 @@ case "${1:-}" in
       echo "postgres: running on 127.0.0.1:$PG_PORT"; else echo "postgres: stopped"; fi
     if kafka_running; then echo "kafka: running on 127.0.0.1:$KAFKA_PORT"; else echo "kafka: stopped"; fi ;;
   env) write_env; cat "$ENV_FILE" ;;
-  *) echo "usage: $0 start|stop|status|env [postgres|kafka]" >&2; exit 2 ;;
+  jars) ensure_kafka_jars; echo "$KAFKA_LIBS" ;;
+  *) echo "usage: $0 start|stop|status|env|jars [postgres|kafka]" >&2; exit 2 ;;
 esac

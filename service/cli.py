@@ -37,7 +37,11 @@ def _positive(value: str) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = _settings()
-    applied = asyncio.run(db.migrate(settings.database_url))
+    try:
+        applied = asyncio.run(db.migrate(settings.database_url))
+    except db.NoMigrations as exc:
+        print(f"xcloud: migrate: {exc}; the package is incomplete: reinstall it", file=sys.stderr)
+        return 2
     print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
     return 0
 

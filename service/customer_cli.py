@@ -70,6 +70,18 @@ class Exit(Exception):
         self.message = message
 
 
+TOOLS_INSTALL = "pip install 'xcloud-registry[tools]'"
+
+
+def _require_tools(command: str, module: str) -> None:
+    """Exit(2) with the install line when the [tools] extra (Faker, tqdm) is missing: the
+    server's install leaves it out on purpose."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise Exit(USAGE, f"`xcloud {command}` needs the tools extra: {TOOLS_INSTALL}")
+
+
 # --- credentials and calling the server ----------------------------------------------------
 
 
@@ -242,6 +254,7 @@ def _progress(total: int | None) -> Any:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    _require_tools("import", "tqdm")
     from service import importer
 
     path = Path(args.file)
@@ -357,6 +370,7 @@ def _import(
 
 
 def cmd_fake(args: argparse.Namespace) -> int:
+    _require_tools("fake", "faker")
     from service import fake
 
     try:

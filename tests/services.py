@@ -43,13 +43,58 @@ _containers: list = []
 
 
 def _from_testcontainers() -> Services:
-    from testcontainers.kafka import KafkaContainer
-    from testcontainers.postgres import PostgresContainer
+    """PostgreSQL and Kafka in containers started through the Docker engine, from the images
+    named by XCLOUD_POSTGRES_IMAGE and XCLOUD_KAFKA_IMAGE (default: the official ones; `make
+    testcontainers-test` puts local stand-ins there when Docker Hub is out of reach). Both
+    are published on 127.0.0.1 at ports the kernel picks (32768-60999)."""
+    import docker
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
-    pg = PostgresContainer("postgres:15", driver=None).start()
-    kafka = KafkaContainer("apache/kafka:3.9.1").with_kraft().start()
-    _containers.extend([pg, kafka])
-    return Services(pg.get_connection_url(), kafka.get_bootstrap_server(), "testcontainers")
+    try:  # testcontainers >= 4.10 moved it; the old path warns
+        from testcontainers.community.postgres import PostgresContainer
+    except ImportError:
+        from testcontainers.postgres import PostgresContainer
+
+    from tests.helpers import free_port
+
+    pg_image = os.environ.get("XCLOUD_POSTGRES_IMAGE") or "postgres:15"
+    kafka_image = os.environ.get("XCLOUD_KAFKA_IMAGE") or "apache/kafka:3.9.1"
+    pg = PostgresContainer(pg_image, driver=None)
+    # Loopback only: testcontainers' with_bind_ports takes no address, docker-py's ports do.
+    pg.ports["5432"] = ("127.0.0.1", free_port())
+    _containers.append(pg.start())
+    # Not testcontainers' KafkaContainer: that one drives Confluent's image scripts. This is
+    # the apache/kafka image's own KAFKA_* interface, with the host's port advertised.
+    port = free_port()
+    kafka = DockerContainer(kafka_image)
+    kafka.ports["9092"] = ("127.0.0.1", port)
+    for name, value in {
+        "KAFKA_NODE_ID": "1",
+        "KAFKA_PROCESS_ROLES": "broker,controller",
+        "KAFKA_LISTENERS": "HOST://:9092,PLAINTEXT://:19092,CONTROLLER://:9093",
+        "KAFKA_ADVERTISED_LISTENERS": f"HOST://127.0.0.1:{port},PLAINTEXT://localhost:19092",
+        "KAFKA_INTER_BROKER_LISTENER_NAME": "PLAINTEXT",
+        "KAFKA_CONTROLLER_LISTENER_NAMES": "CONTROLLER",
+        "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP": (
+            "HOST:PLAINTEXT,PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+        ),
+        "KAFKA_CONTROLLER_QUORUM_VOTERS": "1@localhost:9093",
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR": "1",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": "1",
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR": "1",
+        "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS": "0",
+        "KAFKA_NUM_PARTITIONS": "3",
+    }.items():
+        kafka.with_env(name, value)
+    kafka.waiting_for(LogMessageWaitStrategy("Kafka Server started").with_startup_timeout(120))
+    _containers.append(kafka.start())
+    engine = docker.from_env().version()["Version"]
+    return Services(
+        pg.get_connection_url(host="127.0.0.1"),
+        f"127.0.0.1:{port}",
+        f"testcontainers (Docker {engine}; images {pg_image}, {kafka_image})",
+    )
 
 
 _own_database: list[str] = []
