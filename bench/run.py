@@ -432,11 +432,9 @@ async def seed_customers(pool: asyncpg.Pool, total: int) -> None:
     )
     data = orjson.dumps(customers.mutable_fields(DOC_EXAMPLE, Limits().as_json())).decode()
     await pool.execute(
-        """INSERT INTO customers (customer_id, status, data, created_at, updated_at,
-                                  primary_key_hash, secondary_key_hash)
+        """INSERT INTO customers (customer_id, status, data, created_at, updated_at)
            SELECT 'FST-12345678-g' || i, (ARRAY['ACTIVE','INACTIVE','SUSPENDED'])[1 + i % 3],
-                  $3::jsonb, now() - interval '30 days' + i * interval '1 ms', now(),
-                  '\\x00', '\\x01'
+                  $3::jsonb, now() - interval '30 days' + i * interval '1 ms', now()
            FROM generate_series($1 + 1, $2) AS i""",
         have,
         total,

@@ -3,9 +3,7 @@ its outbox row together; the database, not a read before the write, decides conf
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -13,21 +11,24 @@ from typing import Any
 import asyncpg
 import orjson
 
+from service import api_keys
 from service.credentials import CLAIM_NONCE_SQL
 
 # One round trip for a registration: claim the request's nonce, insert the customer
 # unless its id exists (the primary key decides, under concurrency too), and insert its
-# event only if the customer row was inserted. One statement is one transaction.
-_REGISTER_SQL = f"""
-WITH nonce AS ({CLAIM_NONCE_SQL}),
+# keys and event only if the customer row was inserted. One statement is one transaction.
+# With an Idempotency-Key the nonce was claimed earlier in the transaction (idempotency.py):
+# then `nonce` is a constant row.
+_REGISTER_TEMPLATE = """
+WITH nonce AS ({nonce}),
 customer AS (
-    INSERT INTO customers (customer_id, status, data, created_at, updated_at,
-                           primary_key_hash, secondary_key_hash)
-    SELECT $3, $4, $5::jsonb, $6, $6, $7, $8
+    INSERT INTO customers (customer_id, status, data, created_at, updated_at)
+    SELECT $3, $4, $5::jsonb, $6, $6
     WHERE EXISTS (SELECT 1 FROM nonce)
     ON CONFLICT (customer_id) DO NOTHING
     RETURNING customer_id
 ),
+keys AS ({keys}),
 event AS (
     INSERT INTO outbox (event_id, event_type, customer_id, lane, payload)
     SELECT $9, 'CustomerRegistered', customer_id, $10, $11 FROM customer
@@ -35,6 +36,10 @@ event AS (
 )
 SELECT EXISTS (SELECT 1 FROM nonce) AS fresh_nonce, EXISTS (SELECT 1 FROM event) AS created
 """
+_KEYS_CTE = api_keys.INSERT_BOTH_SQL.format(created_at="$6", primary="$7", secondary="$8")
+_REGISTER_SQL = _REGISTER_TEMPLATE.format(nonce=CLAIM_NONCE_SQL, keys=_KEYS_CTE)
+# Same parameters, the nonce's merely echoed.
+_REGISTER_CLAIMED_SQL = _REGISTER_TEMPLATE.format(nonce="SELECT $1::text, $2::text", keys=_KEYS_CTE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +63,18 @@ class Replayed(Exception):
 
 
 async def register(
-    pool: asyncpg.Pool, service_id: str, nonce: str, customer: NewCustomer, event: Event
+    db: asyncpg.Pool | asyncpg.Connection,
+    service_id: str,
+    nonce: str,
+    customer: NewCustomer,
+    event: Event,
+    *,
+    nonce_claimed: bool = False,
 ) -> bool:
-    """True when created, False when the id exists; raises Replayed for a used nonce."""
-    row = await pool.fetchrow(
-        _REGISTER_SQL,
+    """True when created, False when the id exists; raises Replayed for a used nonce.
+    `nonce_claimed`: inside a transaction that has claimed it already."""
+    row = await db.fetchrow(
+        _REGISTER_CLAIMED_SQL if nonce_claimed else _REGISTER_SQL,
         service_id,
         nonce,
         customer.customer_id,
@@ -168,19 +180,13 @@ class LockedCustomer:
         )
 
 
-@contextlib.asynccontextmanager
-async def customer_for_update(
-    pool: asyncpg.Pool, service_id: str, nonce: str, customer_id: str
-) -> AsyncIterator[LockedCustomer]:
-    """Claim the nonce and lock the customer in one transaction; commit on leaving
-    (a 404 or 412 decided inside still uses the nonce up), roll back on an exception."""
-    async with pool.acquire() as conn, conn.transaction():
-        if await conn.fetchval(CLAIM_NONCE_SQL, service_id, nonce) is None:
-            raise Replayed
-        row = await conn.fetchrow(
-            f"SELECT {_COLUMNS} FROM customers WHERE customer_id = $1 FOR UPDATE", customer_id
-        )
-        yield LockedCustomer(conn, customer_id, row)
+async def lock_customer(conn: asyncpg.Connection, customer_id: str) -> LockedCustomer:
+    """The customer under FOR UPDATE (row None when unknown), in the caller's transaction,
+    which has claimed the request's nonce (idempotency.write_transaction)."""
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM customers WHERE customer_id = $1 FOR UPDATE", customer_id
+    )
+    return LockedCustomer(conn, customer_id, row)
 
 
 # --- The outbox, as the relay sees it ------------------------------------------------

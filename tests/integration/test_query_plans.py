@@ -14,12 +14,11 @@ from service import store
 async def million(pool):
     await pool.execute("TRUNCATE customers, outbox")
     await pool.execute(
-        """INSERT INTO customers (customer_id, status, data, created_at, updated_at,
-                                  primary_key_hash, secondary_key_hash)
+        """INSERT INTO customers (customer_id, status, data, created_at, updated_at)
            SELECT 'FST-12345678-m' || i,
                   (ARRAY['ACTIVE', 'INACTIVE', 'SUSPENDED'])[1 + i % 3],
                   '{}'::jsonb,
-                  timestamptz '2024-01-01' + i * interval '1 second', now(), '\\x00', '\\x01'
+                  timestamptz '2024-01-01' + i * interval '1 second', now()
            FROM generate_series(1, 1000000) AS i"""
     )
     await pool.execute("ANALYZE customers")
