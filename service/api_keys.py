@@ -86,7 +86,7 @@ SELECT $5, $6, $1, $7, $8 FROM rotated
 
 # One round trip on the hot path: the nonce claim and one index lookup on api_keys' primary
 # key (plus the customer's, by its primary key, for the status).
-_VERIFY_SQL = f"""
+VERIFY_SQL = f"""
 WITH nonce AS ({CLAIM_NONCE_SQL})
 SELECT EXISTS (SELECT 1 FROM nonce) AS fresh_nonce, k.customer_id, k.slot, c.status
 FROM (SELECT 1) AS one
@@ -129,7 +129,7 @@ async def verify(
     pool: asyncpg.Pool, service_id: str, nonce: str, key: str
 ) -> tuple[bool, Verified | None]:
     """(whether the nonce was fresh, the key's owner or None)."""
-    row = await pool.fetchrow(_VERIFY_SQL, service_id, nonce, key_hash(key))
+    row = await pool.fetchrow(VERIFY_SQL, service_id, nonce, key_hash(key))
     if row["customer_id"] is None:
         return row["fresh_nonce"], None
     return row["fresh_nonce"], Verified(row["customer_id"], row["slot"], row["status"])

@@ -29,8 +29,7 @@ async def test_secrets_appear_nowhere(api, xc, credential, clean_db, settings, c
     created = await xc.register_customer(DOC_EXAMPLE)
     api_keys = list(created["apiKeys"].values())
     hashes = [
-        bytes(h).hex()
-        for h in await clean_db.fetchval("SELECT array_agg(key_hash) FROM api_keys")
+        bytes(h).hex() for h in await clean_db.fetchval("SELECT array_agg(key_hash) FROM api_keys")
     ]
     assert len(hashes) == 2
     # Failures of every kind, so error paths are scanned too.
