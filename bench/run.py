@@ -508,6 +508,19 @@ async def main() -> int:
         )
         if not quick:
             await relay_with_history(report, urls, pool, 1_000_000, 100_000)
+        from bench import keys_bench  # issue 17: verify req/s, idempotency cost ratio
+
+        keys = await keys_bench.measure(
+            urls=urls,
+            pool=pool,
+            secret=secret,
+            results=RESULTS,
+            start_server=start_server,
+            stop_server=stop_server,
+            loadgen=loadgen,
+            log=log,
+            seconds=5 if quick else 10,
+        )
     finally:
         await pool.close()
 
@@ -516,6 +529,7 @@ async def main() -> int:
     write(report, RESULTS)
     print(f"service/pgbench ratio: {report.service_ratio():.2f}")
     print(f"relay/raw ratio: {report.relay_ratio():.2f}")
+    print("\n".join(keys_bench.lines(keys)))
     return 0
 
 
