@@ -140,6 +140,10 @@ CLAIM_NONCE_SQL = f"""
 """
 
 
+class Replayed(Exception):
+    """The request's nonce had been used already (raised where a write claims it)."""
+
+
 async def claim_nonce(pool: asyncpg.Pool, service_id: str, nonce: str) -> bool:
     return await pool.fetchval(CLAIM_NONCE_SQL, service_id, nonce) is not None
 

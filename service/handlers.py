@@ -75,21 +75,27 @@ async def idempotency_key(request: web.Request) -> str | None:
     return key
 
 
-async def write_transaction(
-    request: web.Request, key: str | None, body: Any, effects: idempotency.Effects
-) -> web.Response:
-    """`effects` in the transaction that claims the nonce and keeps the key's answer."""
+def write_scope(request: web.Request, key: str | None, body: Any) -> idempotency.Scope:
     caller = request[CALLER]
-    scope = idempotency.Scope(
+    return idempotency.Scope(
         caller.service_id,
         caller.nonce,
         key,
         idempotency.fingerprint(request.method, request.path, body),
         request.match_info.route.resource.canonical,
     )
+
+
+async def write_transaction(
+    request: web.Request,
+    scope: idempotency.Scope,
+    effects: idempotency.Effects | None,
+    combined: idempotency.Combined | None = None,
+) -> web.Response:
+    """`effects` in the transaction that claims the nonce and keeps the key's answer."""
     try:
         return await idempotency.write_transaction(
-            request.app[POOL], request.app[ANSWERS], scope, effects
+            request.app[POOL], request.app[ANSWERS], scope, effects, combined
         )
     except store.Replayed:
         raise auth.replayed() from None
@@ -162,14 +168,16 @@ async def register_customer(request: web.Request) -> web.Response:
     new = store.NewCustomer(customer_id, valid["status"], data, now, keys.hashes())
     event = store.Event(event_id, customers.lane_of(customer_id), payload)
 
+    exists = ApiError(
+        409,
+        "CUSTOMER_EXISTS",
+        f"Customer with ID '{customer_id}' already exists",
+        customerId=customer_id,
+    )
+
     def answer(created: bool) -> web.Response:
         if not created:
-            raise ApiError(
-                409,
-                "CUSTOMER_EXISTS",
-                f"Customer with ID '{customer_id}' already exists",
-                customerId=customer_id,
-            )
+            raise exists
         body = {
             "customerId": customer_id,
             "customerName": data["customerName"],
@@ -191,13 +199,29 @@ async def register_customer(request: web.Request) -> web.Response:
             raise auth.replayed() from None
         return answer(created)
 
-    async def effects(conn: Any) -> web.Response:
-        created = await store.register(
-            conn, caller.service_id, caller.nonce, new, event, nonce_claimed=True
-        )
-        return answer(created)
+    scope = write_scope(request, key, doc)
+    answers = request.app[ANSWERS]
+    created_answer, exists_answer = answer(True), exists.response()
 
-    return await write_transaction(request, key, doc, effects)
+    async def combined(conn: Any) -> tuple[Any, web.Response]:
+        # Both possible answers sealed ahead: the statement stores the one that happens.
+        headers, created_body = idempotency.stored_form(answers, scope, created_answer)
+        _, exists_body = idempotency.stored_form(answers, scope, exists_answer)
+        row = await store.register_keyed(
+            conn,
+            caller.service_id,
+            caller.nonce,
+            new,
+            event,
+            store.KeyedAnswers(
+                key, scope.request_hash, headers, created_body, exists_body, answers.ttl_seconds
+            ),
+        )
+        if row["request_hash"] is not None:
+            return row, created_answer  # a stored answer: replayed, nothing written
+        return None, created_answer if row["created"] else exists_answer
+
+    return await write_transaction(request, scope, None, combined)
 
 
 # --- reads and updates (contract sections 5-8) ------------------------------------
@@ -331,7 +355,7 @@ async def update_customer(request: web.Request) -> web.Response:
             tag = customers.etag(customer_id, version, now)
         return json_response(body, headers={"ETag": tag})
 
-    return await write_transaction(request, key, doc, effects)
+    return await write_transaction(request, write_scope(request, key, doc), effects)
 
 
 # --- API keys (contract section 13) --------------------------------------------------
@@ -366,7 +390,7 @@ async def rotate_api_key(request: web.Request) -> web.Response:
         body = {"customerId": customer_id, "slot": slot, "apiKey": new_key}
         return json_response({**body, "rotatedAt": data["rotatedAt"]})
 
-    return await write_transaction(request, key, None, effects)
+    return await write_transaction(request, write_scope(request, key, None), effects)
 
 
 def api_key_not_found() -> ApiError:

@@ -34,9 +34,8 @@ import orjson
 from aiohttp import web
 
 from service import metrics
-from service.credentials import CLAIM_NONCE_SQL, SecretBox
+from service.credentials import CLAIM_NONCE_SQL, Replayed, SecretBox
 from service.errors import ApiError, validation_error
-from service.store import Replayed
 
 log = logging.getLogger("xcloud.idempotency")
 
@@ -50,6 +49,9 @@ _KEY = re.compile(r"[!-~]{1,255}")
 _BOX_INFO = b"xcloud idempotent answers v1"  # its own key, not the service secrets' one
 
 Effects = Callable[[asyncpg.Connection], Awaitable[web.Response]]
+# A write that looks its key up, runs and stores its answer in one statement of its own
+# (registration): returns the live stored answer, or None and its own answer.
+Combined = Callable[[asyncpg.Connection], Awaitable[tuple[Mapping[str, Any] | None, web.Response]]]
 
 
 def key_of(headers: Any) -> str | None:
@@ -112,24 +114,44 @@ SELECT EXISTS (SELECT 1 FROM nonce) AS fresh,
        CASE WHEN EXISTS (SELECT 1 FROM nonce) THEN pg_try_advisory_xact_lock($3) END AS locked
 """
 
-_LIVE = "service_id = $1 AND idem_key = $2 AND expires_at > now()"
-_PRIOR_SQL = (
-    f"SELECT request_hash, status, headers, body_sealed FROM idempotency_keys WHERE {_LIVE}"
-)
-_USED_SQL = f"SELECT EXISTS (SELECT 1 FROM idempotency_keys WHERE {_LIVE})"
 
-# Under the lock no live row can exist; an expired one not swept yet is replaced.
-_STORE_SQL = """
-INSERT INTO idempotency_keys (service_id, idem_key, request_hash, status, headers,
-                              body_sealed, expires_at)
-VALUES ($1, $2, $3, $4, $5::jsonb, $6, now() + make_interval(secs => $7))
-ON CONFLICT (service_id, idem_key) DO UPDATE
-SET request_hash = EXCLUDED.request_hash, status = EXCLUDED.status,
-    headers = EXCLUDED.headers, body_sealed = EXCLUDED.body_sealed,
-    created_at = now(), expires_at = EXCLUDED.expires_at
-WHERE idempotency_keys.expires_at <= now()
-RETURNING 1
-"""
+def prior_sql(service_id: str = "$1", key: str = "$2") -> str:
+    """The live stored answer of a key; alone, or as a CTE of a write's own statement."""
+    return (
+        "SELECT request_hash, status, headers, body_sealed FROM idempotency_keys"
+        f" WHERE service_id = {service_id} AND idem_key = {key} AND expires_at > now()"
+    )
+
+
+def store_sql(
+    service_id: str = "$1",
+    key: str = "$2",
+    request_hash: str = "$3",
+    status: str = "$4",
+    headers: str = "$5",
+    body: str = "$6",
+    ttl: str = "$7",
+    where: str = "",
+) -> str:
+    """Insert an answer. Under the key's lock no live row can exist; an expired one not
+    swept yet is replaced, and a live one never (RETURNING then gives no row)."""
+    return f"""
+    INSERT INTO idempotency_keys (service_id, idem_key, request_hash, status, headers,
+                                  body_sealed, expires_at)
+    SELECT {service_id}, {key}, {request_hash}, {status}, {headers}::jsonb, {body},
+           now() + make_interval(secs => {ttl})
+    {where}
+    ON CONFLICT (service_id, idem_key) DO UPDATE
+    SET request_hash = EXCLUDED.request_hash, status = EXCLUDED.status,
+        headers = EXCLUDED.headers, body_sealed = EXCLUDED.body_sealed,
+        created_at = now(), expires_at = EXCLUDED.expires_at
+    WHERE idempotency_keys.expires_at <= now()
+    RETURNING 1"""
+
+
+_PRIOR_SQL = prior_sql()
+_USED_SQL = f"SELECT EXISTS ({_PRIOR_SQL})"
+_STORE_SQL = store_sql()
 
 
 def in_use() -> ApiError:
@@ -150,15 +172,22 @@ def reused() -> ApiError:
 
 
 async def write_transaction(
-    pool: asyncpg.Pool, answers: Answers, scope: Scope, effects: Effects
+    pool: asyncpg.Pool,
+    answers: Answers,
+    scope: Scope,
+    effects: Effects | None,
+    combined: Combined | None = None,
 ) -> web.Response:
     """Run `effects` in one transaction with the nonce claim and, given a key, the stored
     answer. An ApiError of a stored status raised by `effects` is an answer: it commits
-    (the nonce stays used); any other exception rolls everything back."""
+    (the nonce stays used); any other exception rolls everything back. With a key and
+    `combined`, that runs instead of the lookup, `effects` and the store: two round
+    trips fewer."""
     async with pool.acquire() as conn, conn.transaction():
         if scope.key is None:
             if await conn.fetchval(CLAIM_NONCE_SQL, scope.service_id, scope.nonce) is None:
                 raise Replayed
+            assert effects is not None
             return await _answer(conn, effects)
         begin = await conn.fetchrow(
             _BEGIN_SQL, scope.service_id, scope.nonce, lock_id(scope.service_id, scope.key)
@@ -168,9 +197,15 @@ async def write_transaction(
         if not begin["locked"]:
             metrics.IDEMPOTENCY_CONFLICTS.labels(scope.route, "in_use").inc()
             return in_use().response()
-        prior = await conn.fetchrow(_PRIOR_SQL, scope.service_id, scope.key)
+        if combined is not None:
+            prior, response = await combined(conn)
+        else:
+            prior = await conn.fetchrow(_PRIOR_SQL, scope.service_id, scope.key)
         if prior is not None:
             return _replay(answers, scope, prior)
+        if combined is not None:
+            return response
+        assert effects is not None
         response = await _answer(conn, effects)
         if response.status in STORED_STATUSES:
             await _store(conn, answers, scope, response)
@@ -189,21 +224,25 @@ async def _answer(conn: asyncpg.Connection, effects: Effects) -> web.Response:
 async def _store(
     conn: asyncpg.Connection, answers: Answers, scope: Scope, response: web.Response
 ) -> None:
-    assert scope.key is not None
-    headers = {h: response.headers[h] for h in KEPT_HEADERS if h in response.headers}
-    body = bytes(response.body or b"")  # json_response: always bytes
     stored = await conn.fetchval(
         _STORE_SQL,
         scope.service_id,
         scope.key,
         scope.request_hash,
         response.status,
-        orjson.dumps(headers).decode(),
-        answers.seal(scope.service_id, scope.key, body),
+        *stored_form(answers, scope, response),
         float(answers.ttl_seconds),
     )
     if stored is None:  # a live answer appeared despite the lock: never overwrite one
         raise RuntimeError("a live stored answer exists for a key whose lock was held")
+
+
+def stored_form(answers: Answers, scope: Scope, response: web.Response) -> tuple[str, bytes]:
+    """(kept headers as JSON text, sealed body) of an answer, as store_sql takes them."""
+    assert scope.key is not None
+    headers = {h: response.headers[h] for h in KEPT_HEADERS if h in response.headers}
+    body = bytes(response.body or b"")  # json_response: always bytes
+    return orjson.dumps(headers).decode(), answers.seal(scope.service_id, scope.key, body)
 
 
 def _replay(answers: Answers, scope: Scope, prior: Mapping[str, Any]) -> web.Response:

@@ -25,17 +25,19 @@ def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-async def write_transaction(pool, answers, scope, effects):
+async def write_transaction(pool, answers, scope, effects, combined=None):
     if scope.key is None:
-        return await _write_transaction(pool, answers, scope, effects)
+        return await _write_transaction(pool, answers, scope, effects, combined)
     if MODE == "before-commit":
 
         async def dying(conn):
-            await effects(conn)
+            await (combined or effects)(conn)  # written, not committed
             _die()
 
+        if combined is not None:
+            return await _write_transaction(pool, answers, scope, effects, dying)
         return await _write_transaction(pool, answers, scope, dying)
-    response = await _write_transaction(pool, answers, scope, effects)
+    response = await _write_transaction(pool, answers, scope, effects, combined)
     _die()  # committed: write_transaction returns only after its transaction ends
     return response
 
