@@ -202,6 +202,12 @@ class XCloudClient:
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
+            # aiohttp resends a PUT or GET once, unchanged, when the server drops the
+            # connection: with the same nonce, which the server rightly refuses (401
+            # REPLAYED_REQUEST) when the first attempt got through. Retries are ours,
+            # re-signed, with the same Idempotency-Key. (A private flag: aiohttp's own
+            # test client clears it the same way.)
+            self._session._retry_connection = False
         return self._session
 
     async def request(

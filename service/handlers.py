@@ -405,8 +405,9 @@ async def verify_api_key(request: web.Request) -> web.Response:
     except ValidationError as exc:
         raise await reject(request, validation_error(schemas.dotted(exc.messages))) from None
     if not api_keys.well_formed(api_key):  # no key has this form: no lookup
+        error = await reject(request, api_key_not_found())  # a replayed nonce: 401 first
         metrics.API_KEY_VERIFICATIONS.labels("malformed").inc()
-        raise await reject(request, api_key_not_found())
+        raise error
     caller = request[CALLER]
     fresh, found = await api_keys.verify(
         request.app[POOL], caller.service_id, caller.nonce, api_key

@@ -287,3 +287,9 @@ def test_ttl_setting(settings):
     with pytest.raises(config.ConfigError) as bad:
         config.load({**env, "XCLOUD_IDEMPOTENCY_TTL_SECONDS": "0"})
     assert bad.value.variable == "XCLOUD_IDEMPOTENCY_TTL_SECONDS"
+
+
+async def test_the_client_never_lets_aiohttp_resend_a_signed_request(xc):
+    # aiohttp would resend a PUT unchanged (same nonce) after a dropped connection; the
+    # client retries itself, re-signed, with the same Idempotency-Key.
+    assert xc._http()._retry_connection is False
