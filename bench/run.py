@@ -432,11 +432,9 @@ async def seed_customers(pool: asyncpg.Pool, total: int) -> None:
     )
     data = orjson.dumps(customers.mutable_fields(DOC_EXAMPLE, Limits().as_json())).decode()
     await pool.execute(
-        """INSERT INTO customers (customer_id, status, data, created_at, updated_at,
-                                  primary_key_hash, secondary_key_hash)
+        """INSERT INTO customers (customer_id, status, data, created_at, updated_at)
            SELECT 'FST-12345678-g' || i, (ARRAY['ACTIVE','INACTIVE','SUSPENDED'])[1 + i % 3],
-                  $3::jsonb, now() - interval '30 days' + i * interval '1 ms', now(),
-                  '\\x00', '\\x01'
+                  $3::jsonb, now() - interval '30 days' + i * interval '1 ms', now()
            FROM generate_series($1 + 1, $2) AS i""",
         have,
         total,
@@ -510,6 +508,19 @@ async def main() -> int:
         )
         if not quick:
             await relay_with_history(report, urls, pool, 1_000_000, 100_000)
+        from bench import keys_bench  # issue 17: verify req/s, idempotency cost ratio
+
+        keys = await keys_bench.measure(
+            urls=urls,
+            pool=pool,
+            secret=secret,
+            results=RESULTS,
+            start_server=start_server,
+            stop_server=stop_server,
+            loadgen=loadgen,
+            log=log,
+            seconds=5 if quick else 10,
+        )
     finally:
         await pool.close()
 
@@ -518,6 +529,7 @@ async def main() -> int:
     write(report, RESULTS)
     print(f"service/pgbench ratio: {report.service_ratio():.2f}")
     print(f"relay/raw ratio: {report.relay_ratio():.2f}")
+    print("\n".join(keys_bench.lines(keys)))
     return 0
 
 

@@ -44,18 +44,13 @@ class SeenIds:
 
 def handle(event: dict[str, Any]) -> None:
     """Your logic. Events of one customer arrive in the order they were committed."""
-    customer = event["data"]
-    print(
-        json.dumps(
-            {
-                "id": event["id"],
-                "type": event["type"],
-                "customerId": event["subject"],
-                "status": customer["status"],
-            }
-        ),
-        flush=True,
-    )
+    data = event["data"]
+    line = {"id": event["id"], "type": event["type"], "customerId": event["subject"]}
+    if event["type"] == "CustomerApiKeyRotated":  # data: customerId, slot, rotatedAt
+        line["slot"] = data["slot"]
+    else:  # CustomerRegistered, CustomerUpdated: data is the customer
+        line["status"] = data["status"]
+    print(json.dumps(line), flush=True)
 
 
 async def consume(bootstrap: str, topic: str, group: str, max_events: int | None) -> None:

@@ -13,10 +13,11 @@ from collections.abc import AsyncIterator
 import asyncpg
 from aiohttp import web
 
-from service import auth, credentials, db, handlers, httpserver, metrics
+from service import auth, credentials, db, handlers, httpserver, idempotency, metrics
 from service.config import Settings
 from service.errors import ApiError, from_http_exception
 from service.keys import (
+    ANSWERS,
     BODY,
     CALLER,
     CREDENTIALS,
@@ -185,6 +186,13 @@ async def _nonce_sweeper(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
+async def _idempotency(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    app[ANSWERS] = idempotency.Answers(settings.secret_key, settings.idempotency_ttl_seconds)
+    async with idempotency.sweeping(app[POOL]):
+        yield
+
+
 async def _relay(app: web.Application) -> AsyncIterator[None]:
     outbox_relay = relay.Relay(relay.config_from(app[SETTINGS]))
     app[RELAY] = outbox_relay
@@ -213,7 +221,7 @@ def create_app(settings: Settings, *, with_relay: bool = False) -> web.Applicati
     )
     app[SETTINGS] = settings
     app[CURSORS] = CursorSigner(settings.secret_key)
-    app.cleanup_ctx.extend([_database, _gauge_refresher, _nonce_sweeper])
+    app.cleanup_ctx.extend([_database, _gauge_refresher, _nonce_sweeper, _idempotency])
     if with_relay:
         app.cleanup_ctx.append(_relay)
     if settings.metrics_port is None:
@@ -225,6 +233,10 @@ def create_app(settings: Settings, *, with_relay: bool = False) -> web.Applicati
     one.add_route("GET", handlers.get_customer)
     one.add_route("PUT", handlers.update_customer)
     one.add_route("HEAD", handlers.customers_exist)  # 1-100 comma-separated ids
+    app.router.add_post(
+        f"{API_PREFIX}/customers/{{customerId}}/api-keys/{{slot}}", handlers.rotate_api_key
+    )
+    app.router.add_post(f"{API_PREFIX}/api-keys/verify", handlers.verify_api_key)
     return app
 
 

@@ -48,6 +48,7 @@ class Settings:
     body_timeout_seconds: int = 10
     outbox_retention_seconds: int = 0
     metrics_refresh_seconds: float = 5.0  # contract 10: at most every 5 s
+    idempotency_ttl_seconds: int = 86400
 
 
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$")
@@ -115,4 +116,5 @@ def load(env: Mapping[str, str] | None = None, *, need_kafka: bool = False) -> S
         relay_batch_size=_int(env, "XCLOUD_RELAY_BATCH_SIZE", 500, 1, 10_000),
         body_timeout_seconds=_int(env, "XCLOUD_BODY_TIMEOUT_SECONDS", 10, 1, 600),
         outbox_retention_seconds=_int(env, "XCLOUD_OUTBOX_RETENTION_SECONDS", 0, 0, 10**9),
+        idempotency_ttl_seconds=_int(env, "XCLOUD_IDEMPOTENCY_TTL_SECONDS", 86400, 1, 10**8),
     )

@@ -32,18 +32,27 @@ NONCE_TTL_SECONDS = 2 * WINDOW_SECONDS + 60
 
 
 class SecretBox:
-    def __init__(self, secret_key: str) -> None:
-        key = HKDF(
-            algorithm=hashes.SHA256(), length=32, salt=None, info=b"xcloud service secrets v1"
-        ).derive(secret_key.encode("utf-8"))
+    # `info` separates the keys of different uses (service secrets, stored answers):
+    # one derived key never seals two kinds of data.
+    def __init__(self, secret_key: str, *, info: bytes = b"xcloud service secrets v1") -> None:
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(
+            secret_key.encode("utf-8")
+        )
         self._aead = AESGCM(key)
 
     def seal(self, service_id: str, secret: str) -> bytes:
-        nonce = secrets.token_bytes(12)
-        return nonce + self._aead.encrypt(nonce, secret.encode("utf-8"), service_id.encode())
+        return self.seal_bytes(service_id.encode(), secret.encode("utf-8"))
 
     def open(self, service_id: str, sealed: bytes) -> bytes:
-        return self._aead.decrypt(sealed[:12], sealed[12:], service_id.encode())
+        return self.open_bytes(service_id.encode(), sealed)
+
+    def seal_bytes(self, associated: bytes, data: bytes) -> bytes:
+        """nonce || ciphertext; opening needs the same associated data."""
+        nonce = secrets.token_bytes(12)
+        return nonce + self._aead.encrypt(nonce, data, associated)
+
+    def open_bytes(self, associated: bytes, sealed: bytes) -> bytes:
+        return self._aead.decrypt(sealed[:12], sealed[12:], associated)
 
 
 @dataclass(frozen=True)
@@ -169,6 +178,10 @@ CLAIM_NONCE_SQL = f"""
         WHERE auth_nonces.expires_at < now()
     RETURNING 1
 """
+
+
+class Replayed(Exception):
+    """The request's nonce had been used already (raised where a write claims it)."""
 
 
 async def claim_nonce(pool: asyncpg.Pool, service_id: str, nonce: str) -> bool:

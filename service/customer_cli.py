@@ -52,6 +52,13 @@ order, written as the run goes: created, existed, invalid or failed (valid, in
 a dry run). Invalid and existing lines do not change the exit code; a failed
 line (a 5xx or network error that outlasted the retries) makes it 1, and a
 server lost for good makes it 3 (the lines not sent are reported failed).
+
+Every registration carries its own Idempotency-Key, the same on each retry: a
+retry after a lost answer gets the first 201 back, keys included. With
+--keys-out FILE, customerId,primaryApiKey,secondaryApiKey of every customer
+created goes to FILE, a new file readable only by you (it is never overwritten).
+Customers that already existed are not in it: their keys were shown when they
+were registered (rotate them with `xcloud customers rotate-key` if lost).
 """
 ENVIRONMENT = """
 environment:
@@ -190,6 +197,25 @@ def cmd_list(args: argparse.Namespace) -> int:
     return _talk(work)
 
 
+def cmd_rotate_key(args: argparse.Namespace) -> int:
+    async def work(client: XCloudClient) -> int:
+        _print_json(await client.rotate_api_key(args.customer_id, args.slot))
+        return OK
+
+    return _talk(work)
+
+
+def cmd_verify_key(args: argparse.Namespace) -> int:
+    # '-' reads the key from stdin: an argument shows in `ps` and the shell's history.
+    key = sys.stdin.readline().strip() if args.key == "-" else args.key
+
+    async def work(client: XCloudClient) -> int:
+        _print_json(await client.verify_api_key(key))
+        return OK
+
+    return _talk(work)
+
+
 def cmd_update(args: argparse.Namespace) -> int:
     body = _read_body(args.file)
 
@@ -270,6 +296,16 @@ def cmd_import(args: argparse.Namespace) -> int:
         raise Exit(USAGE, f"cannot read {path}: {exc}") from None
     records = _chain(first, records)
     report_path = Path(args.report) if args.report else path.with_name(path.name + ".report.csv")
+    keys_file = None
+    if args.keys_out:
+        if args.dry_run:
+            raise Exit(USAGE, "--keys-out needs a real run: a dry run creates no keys")
+        try:
+            keys_file = importer.KeysFile(Path(args.keys_out))
+        except FileExistsError:
+            raise Exit(USAGE, f"{args.keys_out} exists: --keys-out never overwrites") from None
+        except OSError as exc:
+            raise Exit(USAGE, f"cannot create {args.keys_out}: {exc}") from None
     started: list[importer.Report] = []
 
     @contextlib.contextmanager
@@ -301,11 +337,20 @@ def cmd_import(args: argparse.Namespace) -> int:
                 importer.dry_run(records, report)
         else:
             options = importer.Options(concurrency=args.concurrency, retries=args.retries)
-            code = _import(records, reporting, options, credentials_from_env())
+            code = _import(records, reporting, options, credentials_from_env(), keys_file)
     except KeyboardInterrupt:
         code = INTERRUPTED
     except (UnicodeDecodeError, csv.Error) as exc:  # the CSV broke after its first rows
         raise Exit(USAGE, f"cannot read {path} past the last line reported: {exc}") from None
+    finally:
+        if keys_file is not None:
+            keys_file.close()
+            if keys_file.rows:
+                print(
+                    f"xcloud: keys of {keys_file.rows} customers: {keys_file.path}", file=sys.stderr
+                )
+            else:  # nothing created: no empty file left to block the next run
+                keys_file.path.unlink(missing_ok=True)
     if not started:
         return code
     counts = started[0].counts
@@ -333,6 +378,7 @@ def _import(
     reporting: Callable[[], contextlib.AbstractContextManager[Any]],
     options: Any,
     credential: tuple[str, str, str],
+    keys_file: Any = None,
 ) -> int:
     import aiohttp
 
@@ -347,7 +393,8 @@ def _import(
         assert task is not None
         with contextlib.suppress(NotImplementedError, RuntimeError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        async with XCloudClient(url, service_id, secret) as client:
+        # The importer retries (with each record's Idempotency-Key) itself.
+        async with XCloudClient(url, service_id, secret, retries=0) as client:
             # One cheap signed call first: a wrong secret or URL stops us before line 1,
             # and before the report of an earlier run is overwritten.
             try:
@@ -357,7 +404,8 @@ def _import(
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise Exit(UNREACHABLE, f"cannot reach the server at {url}: {exc}") from None
             with reporting() as report:
-                reached = await importer.run_import(records, client, report, options)
+                on_created = keys_file.add if keys_file is not None else None
+                reached = await importer.run_import(records, client, report, options, on_created)
             return OK if reached else UNREACHABLE
 
     try:
@@ -459,8 +507,30 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     exists.add_argument("customer_ids", nargs="+", metavar="CUSTOMER_ID", help="'-': stdin")
     exists.set_defaults(func=_guarded(cmd_exists))
-    for parser in (register, get, listing, update, exists):
+    rotate = csub.add_parser(
+        "rotate-key", help="replace one of a customer's API keys; prints the new one, once"
+    )
+    rotate.add_argument("customer_id", metavar="CUSTOMER_ID")
+    rotate.add_argument("slot", choices=("primary", "secondary"))
+    rotate.set_defaults(func=_guarded(cmd_rotate_key))
+    for parser in (register, get, listing, update, exists, rotate):
         parser.epilog, parser.formatter_class = EXIT_CODES + ENVIRONMENT, fmt
+
+    keys = sub.add_parser(
+        "keys",
+        help="customers' API keys",
+        epilog=EXIT_CODES + ENVIRONMENT,
+        formatter_class=fmt,
+    )
+    ksub = keys.add_subparsers(dest="action", required=True)
+    verify = ksub.add_parser(
+        "verify",
+        help="whose key is it: customerId, slot, status; exit 1 (API_KEY_NOT_FOUND) if nobody's",
+        epilog=EXIT_CODES + ENVIRONMENT,
+        formatter_class=fmt,
+    )
+    verify.add_argument("key", metavar="KEY", help="the API key; '-': read it from stdin")
+    verify.set_defaults(func=_guarded(cmd_verify_key))
 
     imp = sub.add_parser(
         "import",
@@ -480,6 +550,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     imp.add_argument(
         "--dry-run", action="store_true", help="validate locally, send nothing, no credentials"
+    )
+    imp.add_argument(
+        "--keys-out",
+        metavar="FILE",
+        help="write customerId,primaryApiKey,secondaryApiKey of each customer created to "
+        "FILE (new, mode 0600; never overwritten)",
     )
     imp.set_defaults(func=_guarded(cmd_import))
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import secrets
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from service import api_keys
 from service.schemas import DEFAULT_SETTINGS
 
 # Outbox lanes: one customer's events always share a lane; see docs/relay.md.
@@ -91,14 +91,10 @@ class ApiKeys:
 
     @classmethod
     def generate(cls) -> ApiKeys:
-        # 256 bits each; the prefix lets secret scanners recognise a leaked key.
-        return cls("xck_" + secrets.token_urlsafe(32), "xck_" + secrets.token_urlsafe(32))
+        return cls(api_keys.new_key(), api_keys.new_key())
 
     def hashes(self) -> tuple[bytes, bytes]:
-        return (
-            hashlib.sha256(self.primary.encode()).digest(),
-            hashlib.sha256(self.secondary.encode()).digest(),
-        )
+        return api_keys.key_hash(self.primary), api_keys.key_hash(self.secondary)
 
 
 def etag(customer_id: str, version: int, updated_at: datetime) -> str:

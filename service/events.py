@@ -14,6 +14,7 @@ SOURCE = "/xcloud/v1/customers"
 CONTENT_TYPE = "application/cloudevents+json; charset=UTF-8"
 REGISTERED = "CustomerRegistered"
 UPDATED = "CustomerUpdated"
+KEY_ROTATED = "CustomerApiKeyRotated"  # data: customerId, slot, rotatedAt; never a key
 
 
 def envelope(event_type: str, customer: dict[str, Any], time: datetime) -> tuple[uuid.UUID, bytes]:

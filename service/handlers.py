@@ -10,9 +10,30 @@ import orjson
 from aiohttp import web
 from marshmallow import ValidationError
 
-from service import auth, credentials, customers, events, jsonbody, metrics, schemas, store
+from service import (
+    api_keys,
+    auth,
+    credentials,
+    customers,
+    events,
+    idempotency,
+    jsonbody,
+    metrics,
+    schemas,
+    store,
+)
 from service.errors import ApiError, customer_not_found, json_response, validation_error
-from service.keys import BODY, CALLER, CURSORS, GAUGES, POOL, RELAY, SETTINGS
+from service.keys import (
+    ANSWERS,
+    BODY,
+    CALLER,
+    CURSORS,
+    GAUGES,
+    IDEMPOTENCY_KEY,
+    POOL,
+    RELAY,
+    SETTINGS,
+)
 from service.pagination import BadCursor, Position
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -31,9 +52,54 @@ async def claim_nonce(request: web.Request) -> None:
 
 
 async def reject(request: web.Request, error: ApiError) -> ApiError:
-    """A handler that claims its nonce itself must still answer a replay before anything."""
+    """A handler that claims its nonce itself must still answer a replay before anything.
+    A request refused before its write that reuses a key with a stored answer differs
+    from the stored request (which passed these checks): 422, as contract 12 says."""
     await claim_nonce(request)
+    key = request.get(IDEMPOTENCY_KEY)
+    if key is not None and await idempotency.key_used(
+        request.app[POOL], request[CALLER].service_id, key
+    ):
+        return idempotency.reused()
     return error
+
+
+async def idempotency_key(request: web.Request) -> str | None:
+    """The validated Idempotency-Key of a write (400 for a bad one), remembered on the
+    request for `reject`."""
+    try:
+        key = idempotency.key_of(request.headers)
+    except ApiError as exc:
+        raise await reject(request, exc) from None
+    if key is not None:
+        request[IDEMPOTENCY_KEY] = key
+    return key
+
+
+def write_scope(request: web.Request, key: str | None, body: Any) -> idempotency.Scope:
+    caller = request[CALLER]
+    return idempotency.Scope(
+        caller.service_id,
+        caller.nonce,
+        key,
+        idempotency.fingerprint(request.method, request.path, body),
+        request.match_info.route.resource.canonical,
+    )
+
+
+async def write_transaction(
+    request: web.Request,
+    scope: idempotency.Scope,
+    effects: idempotency.Effects | None,
+    combined: idempotency.Combined | None = None,
+) -> web.Response:
+    """`effects` in the transaction that claims the nonce and keeps the key's answer."""
+    try:
+        return await idempotency.write_transaction(
+            request.app[POOL], request.app[ANSWERS], scope, effects, combined
+        )
+    except store.Replayed:
+        raise auth.replayed() from None
 
 
 async def json_object(request: web.Request) -> dict[str, Any]:
@@ -83,6 +149,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 @claims_nonce
 async def register_customer(request: web.Request) -> web.Response:
+    key = await idempotency_key(request)
     doc = await json_object(request)
     try:
         valid = schemas.load_create(doc)
@@ -97,34 +164,63 @@ async def register_customer(request: web.Request) -> web.Response:
     representation = customers.representation(customer_id, valid["status"], data, now, now)
     event_id, payload = events.envelope(events.REGISTERED, representation, now)
     caller = request[CALLER]
-    try:
-        created = await store.register(
-            request.app[POOL],
+    new = store.NewCustomer(customer_id, valid["status"], data, now, keys.hashes())
+    event = store.Event(event_id, customers.lane_of(customer_id), payload)
+
+    exists = ApiError(
+        409,
+        "CUSTOMER_EXISTS",
+        f"Customer with ID '{customer_id}' already exists",
+        customerId=customer_id,
+    )
+
+    def answer(created: bool) -> web.Response:
+        if not created:
+            raise exists
+        body = {
+            "customerId": customer_id,
+            "customerName": data["customerName"],
+            "status": valid["status"],
+            "createdAt": representation["createdAt"],
+            "apiKeys": {"primary": keys.primary, "secondary": keys.secondary},
+            "limits": data["limits"],
+        }
+        return json_response(
+            body, status=201, headers={"Location": f"/xcloud/v1/customers/{customer_id}"}
+        )
+
+    if key is None:  # the one-statement path
+        try:
+            created = await store.register(
+                request.app[POOL], caller.service_id, caller.nonce, new, event
+            )
+        except store.Replayed:
+            raise auth.replayed() from None
+        return answer(created)
+
+    scope = write_scope(request, key, doc)
+    answers = request.app[ANSWERS]
+    created_answer, exists_answer = answer(True), exists.response()
+
+    async def combined(conn: Any) -> tuple[Any, web.Response]:
+        # Both possible answers sealed ahead: the statement stores the one that happens.
+        headers, created_body = idempotency.stored_form(answers, scope, created_answer)
+        _, exists_body = idempotency.stored_form(answers, scope, exists_answer)
+        row = await store.register_keyed(
+            conn,
             caller.service_id,
             caller.nonce,
-            store.NewCustomer(customer_id, valid["status"], data, now, keys.hashes()),
-            store.Event(event_id, customers.lane_of(customer_id), payload),
+            new,
+            event,
+            store.KeyedAnswers(
+                key, scope.request_hash, headers, created_body, exists_body, answers.ttl_seconds
+            ),
         )
-    except store.Replayed:
-        raise auth.replayed() from None
-    if not created:
-        raise ApiError(
-            409,
-            "CUSTOMER_EXISTS",
-            f"Customer with ID '{customer_id}' already exists",
-            customerId=customer_id,
-        )
-    body = {
-        "customerId": customer_id,
-        "customerName": data["customerName"],
-        "status": valid["status"],
-        "createdAt": representation["createdAt"],
-        "apiKeys": {"primary": keys.primary, "secondary": keys.secondary},
-        "limits": data["limits"],
-    }
-    return json_response(
-        body, status=201, headers={"Location": f"/xcloud/v1/customers/{customer_id}"}
-    )
+        if row["request_hash"] is not None:
+            return row, created_answer  # a stored answer: replayed, nothing written
+        return None, created_answer if row["created"] else exists_answer
+
+    return await write_transaction(request, scope, None, combined)
 
 
 # --- reads and updates (contract sections 5-8) ------------------------------------
@@ -215,6 +311,7 @@ async def get_customer(request: web.Request) -> web.Response:
 
 @claims_nonce
 async def update_customer(request: web.Request) -> web.Response:
+    key = await idempotency_key(request)
     try:
         customer_id = _path_customer_id(request)
     except ApiError as exc:
@@ -230,42 +327,99 @@ async def update_customer(request: web.Request) -> web.Response:
         )
 
     if_match = request.headers.get("If-Match")
-    caller = request[CALLER]
-    error: ApiError | None = None
+
+    async def effects(conn: Any) -> web.Response:
+        locked = await store.lock_customer(conn, customer_id)
+        row = locked.row
+        if row is None:
+            raise customer_not_found(customer_id)
+        if if_match is not None and not _matches(if_match, _etag(row)):
+            raise ApiError(412, "PRECONDITION_FAILED", "If-Match does not match the current ETag")
+        old = orjson.loads(row["data"])
+        data = customers.mutable_fields(valid, old["limits"])
+        if data == old and valid["status"] == row["status"]:
+            body, tag = _represent(row), _etag(row)  # nothing changed: no event
+        else:
+            now = max(customers.utc_now(), row["updated_at"])
+            body = customers.representation(
+                customer_id, valid["status"], data, row["created_at"], now
+            )
+            event_id, payload = events.envelope(events.UPDATED, body, now)
+            version = await locked.save(
+                valid["status"],
+                data,
+                now,
+                store.Event(event_id, customers.lane_of(customer_id), payload),
+            )
+            tag = customers.etag(customer_id, version, now)
+        return json_response(body, headers={"ETag": tag})
+
+    return await write_transaction(request, write_scope(request, key, doc), effects)
+
+
+# --- API keys (contract section 13) --------------------------------------------------
+
+
+@claims_nonce
+async def rotate_api_key(request: web.Request) -> web.Response:
+    key = await idempotency_key(request)
+    details: dict[str, list[str]] = {}
+    customer_id = request.match_info["customerId"]
+    if not schemas.is_customer_id(customer_id):
+        details["customerId"] = ["Not a valid customer id."]
+    slot = request.match_info["slot"]
+    if slot not in api_keys.SLOTS:
+        details["slot"] = [f"Must be one of: {', '.join(api_keys.SLOTS)}."]
+    if request[BODY]:
+        details["_schema"] = ["This request takes no body."]
+    if details:
+        raise await reject(request, validation_error(details))
+
+    async def effects(conn: Any) -> web.Response:
+        if (await store.lock_customer(conn, customer_id)).row is None:
+            raise customer_not_found(customer_id)
+        now = customers.utc_now()
+        new_key = api_keys.new_key()
+        data = {"customerId": customer_id, "slot": slot, "rotatedAt": customers.rfc3339(now)}
+        event_id, payload = events.envelope(events.KEY_ROTATED, data, now)
+        lane = customers.lane_of(customer_id)
+        await api_keys.rotate(
+            conn, customer_id, slot, new_key, now, (event_id, lane, events.KEY_ROTATED, payload)
+        )
+        body = {"customerId": customer_id, "slot": slot, "apiKey": new_key}
+        return json_response({**body, "rotatedAt": data["rotatedAt"]})
+
+    return await write_transaction(request, write_scope(request, key, None), effects)
+
+
+def api_key_not_found() -> ApiError:
+    return ApiError(404, "API_KEY_NOT_FOUND", "No customer holds this API key")
+
+
+@claims_nonce
+async def verify_api_key(request: web.Request) -> web.Response:
+    doc = await json_object(request)
     try:
-        async with store.customer_for_update(
-            request.app[POOL], caller.service_id, caller.nonce, customer_id
-        ) as locked:
-            row = locked.row
-            if row is None:
-                error = customer_not_found(customer_id)
-            elif if_match is not None and not _matches(if_match, _etag(row)):
-                error = ApiError(
-                    412, "PRECONDITION_FAILED", "If-Match does not match the current ETag"
-                )
-            else:
-                old = orjson.loads(row["data"])
-                data = customers.mutable_fields(valid, old["limits"])
-                if data == old and valid["status"] == row["status"]:
-                    body, tag = _represent(row), _etag(row)  # nothing changed: no event
-                else:
-                    now = max(customers.utc_now(), row["updated_at"])
-                    body = customers.representation(
-                        customer_id, valid["status"], data, row["created_at"], now
-                    )
-                    event_id, payload = events.envelope(events.UPDATED, body, now)
-                    version = await locked.save(
-                        valid["status"],
-                        data,
-                        now,
-                        store.Event(event_id, customers.lane_of(customer_id), payload),
-                    )
-                    tag = customers.etag(customer_id, version, now)
-    except store.Replayed:
-        raise auth.replayed() from None
-    if error is not None:
+        api_key = api_keys.VERIFY_REQUEST.load(doc)["apiKey"]
+    except ValidationError as exc:
+        raise await reject(request, validation_error(schemas.dotted(exc.messages))) from None
+    if not api_keys.well_formed(api_key):  # no key has this form: no lookup
+        error = await reject(request, api_key_not_found())  # a replayed nonce: 401 first
+        metrics.API_KEY_VERIFICATIONS.labels("malformed").inc()
         raise error
-    return json_response(body, headers={"ETag": tag})
+    caller = request[CALLER]
+    fresh, found = await api_keys.verify(
+        request.app[POOL], caller.service_id, caller.nonce, api_key
+    )
+    if not fresh:
+        raise auth.replayed()
+    if found is None:
+        metrics.API_KEY_VERIFICATIONS.labels("unknown").inc()
+        raise api_key_not_found()
+    metrics.API_KEY_VERIFICATIONS.labels("found").inc()
+    return json_response(
+        {"customerId": found.customer_id, "slot": found.slot, "status": found.status}
+    )
 
 
 async def customers_exist(request: web.Request) -> web.Response:

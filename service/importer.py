@@ -8,6 +8,10 @@ The flow, one record at a time, memory bounded by the concurrency:
 
 Resuming needs no state file: a second run HEADs every id again, so only the customers
 still missing are sent, and its report still has a row for every line.
+
+Each record is sent with an Idempotency-Key of its own, the same on every retry, so a
+registration whose 201 was lost is answered with that 201 (its API keys) on the retry.
+With --keys-out the keys of every customer created go to a file only its owner can read.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import os
 import random
 import re
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -312,6 +318,11 @@ class _Unreachable(Exception):
     """The server could not be reached even after the retries: stop sending."""
 
 
+def _in_use(exc: BaseException) -> bool:
+    """409 IDEMPOTENCY_KEY_IN_USE: our own earlier attempt is still running."""
+    return isinstance(exc, Conflict) and exc.code == "IDEMPOTENCY_KEY_IN_USE"
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, XCloudError):
         return f"{exc.status} {exc.code}: {exc.message}".rstrip(": ")
@@ -325,8 +336,8 @@ async def _with_retries(options: Options, attempt_once: Callable[[], Any]) -> An
     for attempt in range(options.retries + 1):
         try:
             return await attempt_once()
-        except (ServiceUnavailable, ServerError, *_TRANSIENT_ERRORS):
-            if attempt == options.retries:
+        except (ServiceUnavailable, ServerError, Conflict, *_TRANSIENT_ERRORS) as exc:
+            if attempt == options.retries or (isinstance(exc, Conflict) and not _in_use(exc)):
                 raise
         delay = options.backoff * 2**attempt
         await asyncio.sleep(random.uniform(delay / 2, delay))
@@ -334,20 +345,29 @@ async def _with_retries(options: Options, attempt_once: Callable[[], Any]) -> An
 
 
 async def register_one(
-    client: XCloudClient, body: dict[str, Any], options: Options
+    client: XCloudClient,
+    body: dict[str, Any],
+    options: Options,
+    on_created: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[str, str]:
-    """(outcome, reason) of one POST, retried when the failure is not the request's."""
+    """(outcome, reason) of one POST, retried when the failure is not the request's, with
+    one Idempotency-Key: a retry of a registration that happened gets its 201 back.
+    `on_created` receives the 201 answer (the API keys)."""
     attempts = 0
+    key = uuid.uuid4().hex
+    created: list[dict[str, Any]] = []
 
     async def attempt() -> None:
         nonlocal attempts
         attempts += 1
-        await client.register_customer(body)
+        created.append(await client.register_customer(body, idempotency_key=key))
 
     try:
         await _with_retries(options, attempt)
-    except Conflict:
-        if attempts > 1:  # our earlier attempt may have landed before its answer was lost
+    except Conflict as exc:
+        if _in_use(exc):
+            return FAILED, _describe(exc) + _after(attempts)
+        if attempts > 1:  # a key the server no longer remembered (24 h), or none
             return EXISTED, "CUSTOMER_EXISTS on a retry: an earlier attempt may have created it"
         return EXISTED, ""
     except InvalidRequest as exc:
@@ -361,6 +381,8 @@ async def register_one(
         return FAILED, _describe(exc) + _after(attempts)
     except _TRANSIENT_ERRORS as exc:
         raise _Unreachable(_describe(exc) + _after(attempts)) from exc
+    if on_created is not None:
+        on_created(created[-1])
     return CREATED, ""
 
 
@@ -377,7 +399,11 @@ async def missing_of(client: XCloudClient, ids: list[str], options: Options) -> 
 
 
 async def run_import(
-    records: Iterable[Record], client: XCloudClient, report: Report, options: Options
+    records: Iterable[Record],
+    client: XCloudClient,
+    report: Report,
+    options: Options,
+    on_created: Callable[[dict[str, Any]], None] | None = None,
 ) -> bool:
     """Register every valid record that does not exist yet; False if the server was lost.
 
@@ -394,7 +420,7 @@ async def run_import(
                 report.add(seq, record, FAILED, f"not sent: {lost[0]}")
                 return
             try:
-                outcome, reason = await register_one(client, record.body or {}, options)
+                outcome, reason = await register_one(client, record.body or {}, options, on_created)
             except _Unreachable as exc:
                 lost.append(f"server unreachable: {exc}")
                 outcome, reason = FAILED, str(exc)
@@ -449,3 +475,35 @@ def dry_run(records: Iterable[Record], report: Report) -> None:
             report.add(seq, record, INVALID, record.reason)
         else:
             report.add(seq, record, VALID)
+
+
+# --- the keys of the customers created (--keys-out) ---------------------------------------
+
+KEYS_FIELDS = ("customerId", "primaryApiKey", "secondaryApiKey")
+
+
+class KeysFile:
+    """customerId,primaryApiKey,secondaryApiKey: a new file, mode 0600, a row flushed per
+    customer created, so a killed import keeps every key it was given."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        # O_EXCL: never overwrite (nor follow a planted symlink); 0600 from the first byte.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.fchmod(fd, 0o600)  # whatever the umask
+        self._out = os.fdopen(fd, "w", newline="", encoding="utf-8")
+        self._writer = csv.writer(self._out, lineterminator="\n")
+        self._writer.writerow(KEYS_FIELDS)
+        self._out.flush()
+        self.rows = 0
+
+    def add(self, created: dict[str, Any]) -> None:
+        keys = created["apiKeys"]
+        self._writer.writerow((created["customerId"], keys["primary"], keys["secondary"]))
+        self._out.flush()
+        self.rows += 1
+
+    def close(self) -> None:
+        self._out.flush()
+        os.fsync(self._out.fileno())
+        self._out.close()

@@ -8,6 +8,7 @@ from aiohttp import web
 from service.auth import SignedRequest
 from service.config import Settings
 from service.credentials import CredentialStore
+from service.idempotency import Answers
 from service.metrics import DatabaseGauges
 from service.outbox.relay import Relay
 from service.pagination import CursorSigner
@@ -18,7 +19,9 @@ CREDENTIALS = web.AppKey("credentials", CredentialStore)
 CURSORS = web.AppKey("cursors", CursorSigner)
 RELAY = web.AppKey("relay", Relay)  # present when the relay runs in this process
 GAUGES = web.AppKey("gauges", DatabaseGauges)
+ANSWERS = web.AppKey("answers", Answers)  # stored Idempotency-Key answers
 
 REQUEST_ID = web.RequestKey("request_id", str)
 CALLER = web.RequestKey("caller", SignedRequest)  # authenticated, nonce not claimed yet
 BODY = web.RequestKey("body", bytes)
+IDEMPOTENCY_KEY = web.RequestKey("idempotency_key", str)  # set once validated

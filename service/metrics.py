@@ -44,6 +44,20 @@ PUBLISH_FAILURES = Counter(
 DEAD_LETTERED = Counter(
     "xcloud_relay_dead_lettered_total", "Outbox rows moved to the dead-letter state"
 )
+# Contract sections 12 and 13. Labels are route templates and fixed words: never a key.
+IDEMPOTENT_REPLAYS = Counter(
+    "xcloud_idempotent_replays_total", "Stored answers replayed for an Idempotency-Key", ["route"]
+)
+IDEMPOTENCY_CONFLICTS = Counter(
+    "xcloud_idempotency_conflicts_total",
+    "Idempotency-Key requests refused: in_use (409) or reused for another request (422)",
+    ["route", "reason"],
+)
+API_KEY_VERIFICATIONS = Counter(
+    "xcloud_api_key_verifications_total",
+    "API key verifications by outcome: found, unknown (or rotated out), malformed",
+    ["outcome"],
+)
 POOL = Gauge(
     "xcloud_db_pool_connections",
     "Database pool connections by state",

@@ -20,7 +20,7 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import INCLUDE, Schema, fields, validate
 
-from service import auth, schemas
+from service import api_keys, auth, idempotency, schemas
 
 TITLE = "XCloud customer registry"
 OPENAPI_VERSION = "3.1.0"
@@ -44,6 +44,9 @@ ERROR_CODES = (
     "METHOD_NOT_ALLOWED",
     "CUSTOMER_EXISTS",
     "PRECONDITION_FAILED",
+    "IDEMPOTENCY_KEY_IN_USE",
+    "IDEMPOTENCY_KEY_REUSED",
+    "API_KEY_NOT_FOUND",
     "PAYLOAD_TOO_LARGE",
     "REQUEST_TIMEOUT",
     "UNSUPPORTED_MEDIA_TYPE",
@@ -183,11 +186,27 @@ _HEADERS: dict[str, dict[str, Any]] = {
         "schema": {"type": "string"},
     },
     "Retry-After": {"description": "Seconds.", "schema": {"type": "integer"}},
+    idempotency.REPLAYED_HEADER: {
+        "description": "`true` on the stored answer of an earlier request with the same "
+        "Idempotency-Key; absent on a first answer.",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
 }
 
 _CUSTOMER_ID_PATTERN = _ecma_pattern(schemas.CUSTOMER_ID.pattern + r"\Z")
 
 _PARAMETERS: dict[str, dict[str, Any]] = {
+    idempotency.KEY_HEADER: {
+        "in": "header",
+        "name": idempotency.KEY_HEADER,
+        "description": "Optional (contract section 12). The first answer 200, 201, 404, 409 "
+        "or 412 is stored with the write for 24 hours (XCLOUD_IDEMPOTENCY_TTL_SECONDS) per "
+        "service id; the same method, path and body (as parsed JSON) with the same key gets "
+        "it back with `Idempotent-Replayed: true`, a different request 422 "
+        "IDEMPOTENCY_KEY_REUSED, and one sent while the first still runs 409 "
+        "IDEMPOTENCY_KEY_IN_USE with Retry-After: 1. Not part of the string to sign.",
+        "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
+    },
     "X-Request-Id": {
         "in": "header",
         "name": "X-Request-Id",
@@ -251,9 +270,10 @@ carries `WWW-Authenticate: {auth.SCHEME}`."""
 _FAILURES: dict[int, tuple[str, tuple[str, ...]]] = {
     400: ("The request is not valid", ()),
     401: ("Not authenticated", ("WWW-Authenticate",)),
-    404: ("Customer with ID '<id>' not found; the body carries customerId", ()),
-    409: ("Customer with ID '<id>' already exists; the body carries customerId", ()),
+    404: ("Not found; CUSTOMER_NOT_FOUND carries customerId", ()),
+    409: ("Conflict; CUSTOMER_EXISTS carries customerId", ("Retry-After",)),
     412: ("If-Match does not match the current ETag", ()),
+    422: ("The Idempotency-Key was used for a different request", ()),
     408: ("The request body did not arrive within the time allowed; the connection is closed", ()),
     413: ("Request body larger than 64 KiB", ()),
     415: ("Content-Type is not application/json", ()),
@@ -297,15 +317,28 @@ def _api_operation(
     parameters: tuple[Any, ...] = (),
     request_schema: type[Schema] | None = None,
     with_body: bool = True,
+    idempotent: bool = False,
 ) -> dict[str, Any]:
     """A /xcloud/v1 operation: HMAC-signed, with the failures every such route shares."""
     # Any signed request with a body can fail its Content-MD5 check or be too large.
     shared = {400: ("CONTENT_MD5_MISMATCH",), 401: _AUTH_CODES, 413: ("PAYLOAD_TOO_LARGE",)}
     shared[408] = ("REQUEST_TIMEOUT",)  # a body that does not arrive in time
     shared |= {500: ("INTERNAL_ERROR",), 503: ("SERVICE_UNAVAILABLE",)}
+    if idempotent:  # contract section 12
+        codes = {**codes, 409: (*codes.get(409, ()), "IDEMPOTENCY_KEY_IN_USE")}
+        codes[422] = ("IDEMPOTENCY_KEY_REUSED",)
+        parameters = (*parameters, idempotency.KEY_HEADER)
     for status, own in codes.items():
         shared[status] = own + shared.get(status, ())
     failures = {status: _failure(status, c, with_body=with_body) for status, c in shared.items()}
+    responses = {**answers, **failures}
+    if idempotent:  # a stored answer comes back marked
+        for status in idempotency.STORED_STATUSES & set(responses):
+            headers = {
+                **responses[status]["headers"],
+                idempotency.REPLAYED_HEADER: idempotency.REPLAYED_HEADER,
+            }
+            responses[status] = {**responses[status], "headers": headers}
     signing = ["X-XCloud-Timestamp", "X-XCloud-Nonce"]
     if request_schema is not None:
         signing.append("Content-MD5")
@@ -315,7 +348,7 @@ def _api_operation(
         "tags": ["customers"],
         "security": [{SECURITY_SCHEME: []}],
         "parameters": [*parameters, *signing, "X-Request-Id"],
-        "responses": dict(sorted({**answers, **failures}.items())),
+        "responses": dict(sorted(responses.items())),
     }
     if request_schema is not None:
         operation["requestBody"] = {
@@ -417,6 +450,7 @@ def _paths() -> dict[str, dict[str, dict[str, Any]]]:
                     415: ("UNSUPPORTED_MEDIA_TYPE",),
                 },
                 request_schema=schemas.CustomerCreateSchema,
+                idempotent=True,
             ),
             "get": _api_operation(
                 "list_customers",
@@ -446,6 +480,7 @@ def _paths() -> dict[str, dict[str, dict[str, Any]]]:
                 },
                 parameters=(_customer_id_parameter(), if_match),
                 request_schema=schemas.CustomerUpdateSchema,
+                idempotent=True,
             ),
             "head": _api_operation(
                 "customers_exist",
@@ -463,6 +498,43 @@ def _paths() -> dict[str, dict[str, dict[str, Any]]]:
                 parameters=(ids,),
                 with_body=False,  # HEAD: every answer, failures included, has no body
             ),
+        },
+        _ONE_CUSTOMER + "/api-keys/{slot}": {
+            "post": _api_operation(
+                "rotate_api_key",
+                "Replace one of a customer's two API keys (the other keeps working)",
+                {
+                    200: _response(
+                        "Rotated. The new key is shown in this answer only; the slot's old "
+                        "key stopped working. A CustomerApiKeyRotated event was written.",
+                        api_keys.RotatedKeySchema,
+                    )
+                },
+                codes={400: ("VALIDATION_ERROR",), 404: ("CUSTOMER_NOT_FOUND",)},
+                parameters=(
+                    _customer_id_parameter(),
+                    {
+                        "in": "path",
+                        "name": "slot",
+                        "required": True,
+                        "schema": {"type": "string", "enum": list(api_keys.SLOTS)},
+                    },
+                ),
+                idempotent=True,
+            )
+        },
+        "/xcloud/v1/api-keys/verify": {
+            "post": _api_operation(
+                "verify_api_key",
+                "Whose API key is this: one indexed lookup, changes nothing",
+                {200: _response("A current key of a customer", api_keys.VerifiedKeySchema)},
+                codes={
+                    400: ("VALIDATION_ERROR", "INVALID_JSON"),
+                    404: ("API_KEY_NOT_FOUND",),
+                    415: ("UNSUPPORTED_MEDIA_TYPE",),
+                },
+                request_schema=api_keys.VerifyRequestSchema,
+            )
         },
         "/healthz": {
             "get": _public_operation(

@@ -3,9 +3,7 @@ its outbox row together; the database, not a read before the write, decides conf
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -13,28 +11,65 @@ from typing import Any
 import asyncpg
 import orjson
 
-from service.credentials import CLAIM_NONCE_SQL
+from service import api_keys, idempotency
+from service.credentials import CLAIM_NONCE_SQL, Replayed
 
 # One round trip for a registration: claim the request's nonce, insert the customer
 # unless its id exists (the primary key decides, under concurrency too), and insert its
-# event only if the customer row was inserted. One statement is one transaction.
-_REGISTER_SQL = f"""
-WITH nonce AS ({CLAIM_NONCE_SQL}),
+# keys and event only if the customer row was inserted. One statement is one transaction.
+_REGISTER_TEMPLATE = """
+WITH nonce AS ({nonce}),{prior}
 customer AS (
-    INSERT INTO customers (customer_id, status, data, created_at, updated_at,
-                           primary_key_hash, secondary_key_hash)
-    SELECT $3, $4, $5::jsonb, $6, $6, $7, $8
-    WHERE EXISTS (SELECT 1 FROM nonce)
+    INSERT INTO customers (customer_id, status, data, created_at, updated_at)
+    SELECT $3, $4, $5::jsonb, $6, $6
+    WHERE {guard}
     ON CONFLICT (customer_id) DO NOTHING
     RETURNING customer_id
 ),
+keys AS ({keys}),
 event AS (
     INSERT INTO outbox (event_id, event_type, customer_id, lane, payload)
     SELECT $9, 'CustomerRegistered', customer_id, $10, $11 FROM customer
     RETURNING id
-)
+){answer}
 SELECT EXISTS (SELECT 1 FROM nonce) AS fresh_nonce, EXISTS (SELECT 1 FROM event) AS created
-"""
+{answer_columns}"""
+_KEYS_CTE = api_keys.INSERT_BOTH_SQL.format(created_at="$6", primary="$7", secondary="$8")
+_REGISTER_SQL = _REGISTER_TEMPLATE.format(
+    nonce=CLAIM_NONCE_SQL,
+    prior="",
+    guard="EXISTS (SELECT 1 FROM nonce)",
+    keys=_KEYS_CTE,
+    answer="",
+    answer_columns="",
+)
+# With an Idempotency-Key, inside the transaction that claimed the nonce and holds the
+# key's lock (idempotency.write_transaction): the same statement also looks the key up,
+# writes nothing when an answer is stored, and else stores its own (201 or 409), sealed
+# ahead for both outcomes. $12 key, $13 request hash, $14 201's headers, $15 201's body,
+# $16 409's body, $17 time to live.
+_CREATED = "EXISTS (SELECT 1 FROM customer)"
+_REGISTER_KEYED_SQL = _REGISTER_TEMPLATE.format(
+    nonce="SELECT $1::text, $2::text",  # claimed already: only echoed
+    prior=f"\nprior AS ({idempotency.prior_sql('$1', '$12')}),",
+    guard="NOT EXISTS (SELECT 1 FROM prior)",
+    keys=_KEYS_CTE,
+    answer=",\nanswer AS ("
+    + idempotency.store_sql(
+        "$1",
+        "$12",
+        "$13",
+        f"CASE WHEN {_CREATED} THEN 201 ELSE 409 END",
+        f"CASE WHEN {_CREATED} THEN $14 ELSE '{{}}' END",
+        f"CASE WHEN {_CREATED} THEN $15::bytea ELSE $16::bytea END",
+        "$17",
+        where="WHERE NOT EXISTS (SELECT 1 FROM prior)",
+    )
+    + ")",
+    answer_columns=""", EXISTS (SELECT 1 FROM answer) AS stored,
+       p.request_hash, p.status, p.headers, p.body_sealed
+FROM (SELECT 1) AS one LEFT JOIN prior AS p ON true""",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,18 +88,18 @@ class Event:
     payload: bytes
 
 
-class Replayed(Exception):
-    """The request's nonce had been used already."""
-
-
 async def register(
     pool: asyncpg.Pool, service_id: str, nonce: str, customer: NewCustomer, event: Event
 ) -> bool:
     """True when created, False when the id exists; raises Replayed for a used nonce."""
-    row = await pool.fetchrow(
-        _REGISTER_SQL,
-        service_id,
-        nonce,
+    row = await pool.fetchrow(_REGISTER_SQL, service_id, nonce, *_register_args(customer, event))
+    if not row["fresh_nonce"]:
+        raise Replayed
+    return row["created"]
+
+
+def _register_args(customer: NewCustomer, event: Event) -> tuple[Any, ...]:
+    return (
         customer.customer_id,
         customer.status,
         orjson.dumps(customer.data).decode(),
@@ -74,9 +109,47 @@ async def register(
         event.lane,
         event.payload,
     )
-    if not row["fresh_nonce"]:
-        raise Replayed
-    return row["created"]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyedAnswers:
+    """What register_keyed stores: the 201's headers and sealed body, the 409's body."""
+
+    key: str
+    request_hash: bytes
+    created_headers: str
+    created_body: bytes
+    exists_body: bytes
+    ttl_seconds: int
+
+
+async def register_keyed(
+    conn: asyncpg.Connection,
+    service_id: str,
+    nonce: str,
+    customer: NewCustomer,
+    event: Event,
+    answers: KeyedAnswers,
+) -> asyncpg.Record:
+    """Registration with an Idempotency-Key, in the transaction holding the key's lock:
+    the row has `created`, and the stored answer's columns (request_hash ...) when one
+    was live (then nothing was written)."""
+    row = await conn.fetchrow(
+        _REGISTER_KEYED_SQL,
+        service_id,
+        nonce,
+        *_register_args(customer, event),
+        answers.key,
+        answers.request_hash,
+        answers.created_headers,
+        answers.created_body,
+        answers.exists_body,
+        float(answers.ttl_seconds),
+    )
+    if row["request_hash"] is None and not row["stored"]:
+        # A live answer appeared despite the lock: never overwrite one.
+        raise RuntimeError("a live stored answer exists for a key whose lock was held")
+    return row
 
 
 # --- Reads ---------------------------------------------------------------------------
@@ -168,19 +241,13 @@ class LockedCustomer:
         )
 
 
-@contextlib.asynccontextmanager
-async def customer_for_update(
-    pool: asyncpg.Pool, service_id: str, nonce: str, customer_id: str
-) -> AsyncIterator[LockedCustomer]:
-    """Claim the nonce and lock the customer in one transaction; commit on leaving
-    (a 404 or 412 decided inside still uses the nonce up), roll back on an exception."""
-    async with pool.acquire() as conn, conn.transaction():
-        if await conn.fetchval(CLAIM_NONCE_SQL, service_id, nonce) is None:
-            raise Replayed
-        row = await conn.fetchrow(
-            f"SELECT {_COLUMNS} FROM customers WHERE customer_id = $1 FOR UPDATE", customer_id
-        )
-        yield LockedCustomer(conn, customer_id, row)
+async def lock_customer(conn: asyncpg.Connection, customer_id: str) -> LockedCustomer:
+    """The customer under FOR UPDATE (row None when unknown), in the caller's transaction,
+    which has claimed the request's nonce (idempotency.write_transaction)."""
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM customers WHERE customer_id = $1 FOR UPDATE", customer_id
+    )
+    return LockedCustomer(conn, customer_id, row)
 
 
 # --- The outbox, as the relay sees it ------------------------------------------------

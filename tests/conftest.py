@@ -74,7 +74,8 @@ async def pool(settings: config.Settings) -> AsyncIterator[asyncpg.Pool]:
 @pytest.fixture
 async def clean_db(pool: asyncpg.Pool) -> asyncpg.Pool:
     await pool.execute(
-        "TRUNCATE customers, outbox, auth_nonces, service_credentials RESTART IDENTITY"
+        "TRUNCATE customers, outbox, auth_nonces, service_credentials, api_keys, idempotency_keys"
+        " RESTART IDENTITY"
     )
     return pool
 

@@ -50,13 +50,15 @@ var (
 	baseURL  = flag.String("url", "http://127.0.0.1:8080", "server base URL")
 	service  = flag.String("service", "bench", "service id")
 	secret   = flag.String("secret", "", "service secret")
-	mode     = flag.String("mode", "register", "register | get | list")
+	mode     = flag.String("mode", "register", "register | get | list | verify")
 	conc     = flag.Int("c", 16, "concurrent connections")
 	duration = flag.Duration("d", 10*time.Second, "how long to run")
 	rate     = flag.Float64("rate", 0, "requests per second in all (0 = as fast as possible)")
 	ids      = flag.String("ids", "", "comma-separated customer ids for -mode get")
 	prefix   = flag.String("prefix", "", "customer id prefix for -mode register (default: random)")
 	bodyFile = flag.String("body", "", "JSON template of a registration (customerId is replaced)")
+	idem     = flag.Int("idem", 0, "register: 1 sends a new Idempotency-Key with every request")
+	keysFile = flag.String("keys", "", "API keys, one per line, for -mode verify (cycled)")
 )
 
 func sign(method, path, query, md5b64, ctype, ts, nonce string) string {
@@ -91,6 +93,26 @@ func main() {
 	encoded, _ := json.Marshal(template)
 	head, tail, _ := bytes.Cut(encoded, []byte("\\u0000ID\\u0000"))
 	idList := strings.Split(*ids, ",")
+	// -mode verify: each key's body and Content-MD5 made once, before the clock starts.
+	var verifyBodies [][]byte
+	var verifyMD5s []string
+	if *mode == "verify" {
+		raw, err := os.ReadFile(*keysFile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "loadgen: -keys:", err)
+			os.Exit(2)
+		}
+		for _, key := range strings.Fields(string(raw)) {
+			b, _ := json.Marshal(map[string]string{"apiKey": key})
+			sum := md5.Sum(b)
+			verifyBodies = append(verifyBodies, b)
+			verifyMD5s = append(verifyMD5s, base64.StdEncoding.EncodeToString(sum[:]))
+		}
+		if len(verifyBodies) == 0 {
+			fmt.Fprintln(os.Stderr, "loadgen: -keys: no keys")
+			os.Exit(2)
+		}
+	}
 	if *prefix == "" {
 		*prefix = "FST-" + strconv.FormatInt(time.Now().UnixMilli(), 10) + "-b" + nonce()[:8] + "x"
 	}
@@ -142,6 +164,10 @@ func main() {
 					method, path = "GET", "/xcloud/v1/customers/"+idList[int(n)%len(idList)]
 				case "list":
 					method, path, query = "GET", "/xcloud/v1/customers", "limit=50"
+				case "verify":
+					method, path, ctype = "POST", "/xcloud/v1/api-keys/verify", "application/json"
+					payload = verifyBodies[int(n)%len(verifyBodies)]
+					md5b64 = verifyMD5s[int(n)%len(verifyBodies)]
 				}
 				ts := strconv.FormatInt(time.Now().Unix(), 10)
 				nc := nonce()
@@ -156,6 +182,9 @@ func main() {
 				if payload != nil {
 					req.Header.Set("Content-Type", ctype)
 					req.Header.Set("Content-MD5", md5b64)
+				}
+				if *idem == 1 && *mode == "register" {
+					req.Header.Set("Idempotency-Key", nc) // new per request, like a first attempt
 				}
 				t0 := time.Now()
 				resp, err := client.Do(req)

@@ -35,7 +35,7 @@ import asyncpg
 import orjson
 
 from service import customers
-from service.client import XCloudClient
+from service.client import XCloudClient, signing_session
 from tests import services as test_services
 from tests.helpers import example, free_port
 from tests.kafka import by_subject, first_occurrences, read_topic
@@ -235,7 +235,7 @@ async def steady_load(
         total=None, sock_connect=REQUEST_TIMEOUT, sock_read=REQUEST_TIMEOUT
     )
     connector = aiohttp.TCPConnector(limit=300, force_close=True)  # spread over workers
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
+    async with signing_session(timeout=timeout, connector=connector) as http:
         xc = XCloudClient(url, service_id, secret, session=http)
 
         async def write(method: str, path: str, cid: str, k: int) -> int | None:

@@ -24,6 +24,12 @@ async def test_it_reads_with_a_group_and_drops_duplicates(services):
         }
         for i in range(5)
     ]
+    events[4] = {  # a rotation's data is no customer: the example copes
+        "id": str(uuid.uuid4()),
+        "type": "CustomerApiKeyRotated",
+        "subject": "FST-12345678-e4",
+        "data": {"customerId": "FST-12345678-e4", "slot": "primary", "rotatedAt": "x"},
+    }
     producer = AIOKafkaProducer(bootstrap_servers=services.kafka_bootstrap, acks="all")
     await producer.start()
     try:
@@ -61,3 +67,5 @@ async def test_it_reads_with_a_group_and_drops_duplicates(services):
     handled = [json.loads(line) for line in out.decode().splitlines()]
     # Once each (the topic has several partitions, so no global order to check).
     assert sorted(h["id"] for h in handled) == sorted(e["id"] for e in events)
+    rotated = [h for h in handled if h["type"] == "CustomerApiKeyRotated"]
+    assert [h["slot"] for h in rotated] == ["primary"]

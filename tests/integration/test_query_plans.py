@@ -14,17 +14,23 @@ from service import store
 async def million(pool):
     await pool.execute("TRUNCATE customers, outbox")
     await pool.execute(
-        """INSERT INTO customers (customer_id, status, data, created_at, updated_at,
-                                  primary_key_hash, secondary_key_hash)
+        """INSERT INTO customers (customer_id, status, data, created_at, updated_at)
            SELECT 'FST-12345678-m' || i,
                   (ARRAY['ACTIVE', 'INACTIVE', 'SUSPENDED'])[1 + i % 3],
                   '{}'::jsonb,
-                  timestamptz '2024-01-01' + i * interval '1 second', now(), '\\x00', '\\x01'
+                  timestamptz '2024-01-01' + i * interval '1 second', now()
            FROM generate_series(1, 1000000) AS i"""
     )
+    # Keys for a fifth of them (two slots each): 400,000 hashes to look one up among.
+    await pool.execute(
+        """INSERT INTO api_keys (key_hash, customer_id, slot, created_at)
+           SELECT sha256(convert_to(s || i, 'UTF8')), 'FST-12345678-m' || i, s, now()
+           FROM generate_series(1, 200000) AS i, unnest(ARRAY['primary', 'secondary']) AS s"""
+    )
     await pool.execute("ANALYZE customers")
+    await pool.execute("ANALYZE api_keys")
     yield pool
-    await pool.execute("TRUNCATE customers")
+    await pool.execute("TRUNCATE customers, api_keys")
 
 
 def nodes(plan: dict) -> list[str]:
@@ -68,3 +74,19 @@ async def test_get_one_and_existence_use_the_primary_key(million):
     # And the real queries return the right rows at that size.
     assert (await store.get(million, "FST-12345678-m77"))["status"] == "SUSPENDED"
     assert len(await store.existing(million, ids)) == 100
+
+
+async def test_verifying_a_key_is_one_primary_key_lookup(million):
+    from service import api_keys
+
+    known = await million.fetchval("SELECT sha256(convert_to('primary' || 777, 'UTF8'))")
+    plan = await explain(million, api_keys.VERIFY_SQL, "svc", "n" * 16, known)
+    assert not any(n.startswith("Seq Scan") for n in plan), plan
+    assert any(n.endswith(":api_keys_pkey") for n in plan), plan
+    assert any(n.endswith(":customers_pkey") for n in plan), plan
+    row = await million.fetchrow(api_keys.VERIFY_SQL, "svc", "nonce-" + "v" * 16, known)
+    assert (row["fresh_nonce"], row["customer_id"], row["slot"]) == (
+        True,
+        "FST-12345678-m777",
+        "primary",
+    )

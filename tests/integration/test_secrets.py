@@ -29,11 +29,9 @@ async def test_secrets_appear_nowhere(api, xc, credential, clean_db, settings, c
     created = await xc.register_customer(DOC_EXAMPLE)
     api_keys = list(created["apiKeys"].values())
     hashes = [
-        bytes(h).hex()
-        for h in await clean_db.fetchrow(
-            "SELECT primary_key_hash, secondary_key_hash FROM customers"
-        )
+        bytes(h).hex() for h in await clean_db.fetchval("SELECT array_agg(key_hash) FROM api_keys")
     ]
+    assert len(hashes) == 2
     # Failures of every kind, so error paths are scanned too.
     answers = [
         await xc.request("POST", PATH, json.dumps(DOC_EXAMPLE).encode()),
@@ -71,7 +69,9 @@ async def test_secrets_appear_nowhere(api, xc, credential, clean_db, settings, c
 
 
 async def test_a_database_dump_holds_no_usable_secret(xc, credential, clean_db, settings):
-    created = await xc.register_customer(DOC_EXAMPLE)
+    created = await xc.register_customer(DOC_EXAMPLE, idempotency_key="dumped")
+    rotated = await xc.rotate_api_key(DOC_EXAMPLE["customerId"], "primary", idempotency_key="r")
+    created["apiKeys"]["rotated"] = rotated["apiKey"]
     url = urlsplit(settings.database_url)
     dump = subprocess.run(
         [
@@ -90,6 +90,62 @@ async def test_a_database_dump_holds_no_usable_secret(xc, credential, clean_db, 
         check=True,
     ).stdout
     assert "service_credentials" in dump and DOC_EXAMPLE["customerId"] in dump  # a real dump
+    assert "idempotency_keys" in dump and "dumped" in dump  # stored answers were dumped too
     assert credential[1] not in dump
     for key in created["apiKeys"].values():
         assert key not in dump
+
+
+async def test_keys_appear_nowhere_across_idempotency_rotation_and_verify(
+    api, xc, clean_db, caplog
+):
+    """Section 12 and 13 paths: replays, conflicts, rotation, verification of every kind."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    customer_id = DOC_EXAMPLE["customerId"]
+    body = json.dumps(DOC_EXAMPLE).encode()
+    key = {"Idempotency-Key": "secret-scan"}
+    first = await xc.request("POST", PATH, body, headers=key)
+    api_keys = list(first.body["apiKeys"].values())
+    rotate = f"{PATH}/{customer_id}/api-keys/secondary"
+    answers = [
+        await xc.request("POST", PATH, body, headers=key),  # replay
+        await xc.request("POST", PATH, json.dumps(example(customerName="x")).encode(), headers=key),
+        await xc.request("POST", rotate, headers={"Idempotency-Key": "rot"}),
+        await xc.request("POST", rotate, headers={"Idempotency-Key": "rot"}),  # replay
+        await xc.request("POST", f"{PATH}/{customer_id}/api-keys/third"),
+    ]
+    api_keys.append(answers[2].body["apiKey"])
+    for candidate in [*api_keys, "xck_" + "Q" * 43, "not-a-key"]:
+        answers.append(
+            await xc.request(
+                "POST", "/xcloud/v1/api-keys/verify", json.dumps({"apiKey": candidate}).encode()
+            )
+        )
+    hashes = [bytes(h) for h in await clean_db.fetchval("SELECT array_agg(key_hash) FROM api_keys")]
+    import base64
+    import hashlib
+
+    every_hash = hashes + [hashlib.sha256(k.encode()).digest() for k in api_keys]
+    hash_texts = [h.hex() for h in every_hash] + [base64.b64encode(h).decode() for h in every_hash]
+    errors = [a for a in answers if a.status >= 400]
+    assert {a.body["error"] for a in errors} >= {
+        "IDEMPOTENCY_KEY_REUSED",
+        "VALIDATION_ERROR",
+        "API_KEY_NOT_FOUND",
+    }
+    metrics = await (await api.get("/metrics")).text()
+    events = [
+        bytes(r["payload"]).decode() for r in await clean_db.fetch("SELECT payload FROM outbox")
+    ]
+    assert len(events) == 2  # registered + rotated
+    haystacks = {
+        "errors": json.dumps([a.body for a in errors] + [dict(a.headers) for a in answers]),
+        "metrics": metrics,
+        "events": "\n".join(events),
+        "logs": caplog.text,
+    }
+    for where, text in haystacks.items():
+        for secret in [*api_keys, *hash_texts]:
+            assert secret not in text, f"a key or key hash in the {where}"

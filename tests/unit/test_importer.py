@@ -168,13 +168,15 @@ class StubClient:
         self.in_flight = self.most_in_flight = 0
         self.posted: list[str] = []
         self.heads: list[list[str]] = []
+        self.keys_sent: dict[str, list[str]] = {}
 
     async def missing_customers(self, ids):
         self.heads.append(list(ids))
         return [i for i in ids if i not in self.existing]
 
-    async def register_customer(self, body):
+    async def register_customer(self, body, *, idempotency_key=None):
         customer_id = body["customerId"]
+        self.keys_sent.setdefault(customer_id, []).append(idempotency_key)
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
@@ -201,6 +203,8 @@ def unavailable() -> ServiceUnavailable:
 async def test_a_transient_failure_is_retried_and_a_409_after_a_retry_is_explained():
     client = StubClient(failures={"X": [unavailable()], "Y": [ConnectionResetError()]})
     assert await importer.register_one(client, {"customerId": "X"}, FAST) == ("created", "")
+    sent = client.keys_sent["X"]
+    assert len(sent) == 2 and sent[0] == sent[1] and sent[0]  # one key for every retry
     client.existing.add("Y")  # as if the lost attempt had landed
     outcome, reason = await importer.register_one(client, {"customerId": "Y"}, FAST)
     assert outcome == "existed" and "earlier attempt" in reason
@@ -259,6 +263,39 @@ async def test_run_import_stops_sending_once_the_server_is_gone():
 
     assert report.counts["failed"] >= 1 and sum(report.counts.values()) == 20
     assert len(client.posted) < 20
+
+
+async def test_in_use_is_retried_with_the_same_key_and_keys_reach_on_created():
+    in_use = Conflict(409, "IDEMPOTENCY_KEY_IN_USE", "busy", {})
+    client = StubClient(failures={"X": [in_use]})
+    created: list[dict] = []
+    outcome = await importer.register_one(client, {"customerId": "X"}, FAST, created.append)
+    assert outcome == ("created", "")
+    assert created == [{"customerId": "X"}]
+    assert len(set(client.keys_sent["X"])) == 1 and len(client.keys_sent["X"]) == 2
+    keys = {"X": [in_use, in_use, in_use]}
+    outcome, reason = await importer.register_one(
+        StubClient(failures=keys), {"customerId": "X"}, FAST
+    )
+    assert outcome == "failed" and "IDEMPOTENCY_KEY_IN_USE" in reason
+
+
+def test_keys_file_is_private_and_never_overwritten(tmp_path):
+    import os
+    import stat
+
+    path = tmp_path / "keys.csv"
+    keys = importer.KeysFile(path)
+    keys.add({"customerId": "C1", "apiKeys": {"primary": "p1", "secondary": "s1"}})
+    keys.close()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert path.read_text().splitlines() == [
+        "customerId,primaryApiKey,secondaryApiKey",
+        "C1,p1,s1",
+    ]
+    with pytest.raises(FileExistsError):
+        importer.KeysFile(path)
+    assert path.read_text().count("C1") == 1
 
 
 # --- fake ---------------------------------------------------------------------------------

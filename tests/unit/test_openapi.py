@@ -39,8 +39,9 @@ EXPECTED: dict[tuple[str, str], tuple[str, set[int], dict[int, set[str]]]] = {
         {
             **SIGNED,
             400: {"VALIDATION_ERROR", "INVALID_JSON", "CONTENT_MD5_MISMATCH"},
-            409: {"CUSTOMER_EXISTS"},
+            409: {"CUSTOMER_EXISTS", "IDEMPOTENCY_KEY_IN_USE"},
             415: {"UNSUPPORTED_MEDIA_TYPE"},
+            422: {"IDEMPOTENCY_KEY_REUSED"},
         },
     ),
     ("GET", CUSTOMERS): (
@@ -64,7 +65,30 @@ EXPECTED: dict[tuple[str, str], tuple[str, set[int], dict[int, set[str]]]] = {
             **SIGNED,
             400: {"VALIDATION_ERROR", "INVALID_JSON", "CONTENT_MD5_MISMATCH"},
             404: {"CUSTOMER_NOT_FOUND"},
+            409: {"IDEMPOTENCY_KEY_IN_USE"},
             412: {"PRECONDITION_FAILED"},
+            415: {"UNSUPPORTED_MEDIA_TYPE"},
+            422: {"IDEMPOTENCY_KEY_REUSED"},
+        },
+    ),
+    ("POST", ONE + "/api-keys/{slot}"): (
+        "rotate_api_key",
+        {200},
+        {
+            **SIGNED,
+            400: {"VALIDATION_ERROR", "CONTENT_MD5_MISMATCH"},
+            404: {"CUSTOMER_NOT_FOUND"},
+            409: {"IDEMPOTENCY_KEY_IN_USE"},
+            422: {"IDEMPOTENCY_KEY_REUSED"},
+        },
+    ),
+    ("POST", "/xcloud/v1/api-keys/verify"): (
+        "verify_api_key",
+        {200},
+        {
+            **SIGNED,
+            400: {"VALIDATION_ERROR", "INVALID_JSON", "CONTENT_MD5_MISMATCH"},
+            404: {"API_KEY_NOT_FOUND"},
             415: {"UNSUPPORTED_MEDIA_TYPE"},
         },
     ),
@@ -285,6 +309,16 @@ def test_the_headers_of_the_answers(spec):
     assert "ETag" in headers_of(spec, "GET", ONE, "304")
     assert "ETag" in headers_of(spec, "PUT", ONE, "200")
     assert "X-Missing-Customer-Ids" in headers_of(spec, "HEAD", ONE, "404")
+    for method, path, status in [
+        ("POST", CUSTOMERS, "201"),
+        ("POST", CUSTOMERS, "409"),
+        ("PUT", ONE, "200"),
+        ("POST", ONE + "/api-keys/{slot}", "200"),
+    ]:
+        assert "Idempotent-Replayed" in headers_of(spec, method, path, status)
+        assert "Idempotency-Key" in parameters(spec, method, path)
+    assert "Retry-After" in headers_of(spec, "POST", CUSTOMERS, "409")
+    assert "Idempotency-Key" not in parameters(spec, "POST", "/xcloud/v1/api-keys/verify")
     assert "content" not in operation(spec, "GET", ONE)["responses"]["304"]
 
 

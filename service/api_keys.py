@@ -1,0 +1,135 @@
+"""Customers' API keys (contract section 13): their form, their hash, rotation and
+verification, and the SQL of the api_keys table (sql/003).
+
+A key is shown once and stored only as its SHA-256. The hash is the primary key of
+api_keys, so a hash belongs to one customer and one slot at most, by construction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+from marshmallow import Schema, fields
+
+from service.credentials import CLAIM_NONCE_SQL
+
+SLOTS = ("primary", "secondary")
+PREFIX = "xck_"
+# The form every key has had: the prefix and 32 random bytes in URL-safe base64. Anything
+# else cannot be a key, and is answered without a database round trip.
+_FORM = re.compile(r"xck_[A-Za-z0-9_-]{43}")
+
+
+def new_key() -> str:
+    # 256 bits; the prefix lets secret scanners recognise a leaked key.
+    return PREFIX + secrets.token_urlsafe(32)
+
+
+def key_hash(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+def well_formed(key: str) -> bool:
+    return _FORM.fullmatch(key) is not None
+
+
+# --- what callers send and get back --------------------------------------------------
+
+
+class VerifyRequestSchema(Schema):
+    apiKey = fields.String(required=True)
+
+
+class VerifiedKeySchema(Schema):
+    customerId = fields.String(required=True)
+    slot = fields.String(required=True, metadata={"enum": list(SLOTS)})
+    status = fields.String(required=True)
+
+
+class RotatedKeySchema(Schema):
+    customerId = fields.String(required=True)
+    slot = fields.String(required=True, metadata={"enum": list(SLOTS)})
+    apiKey = fields.String(required=True, metadata={"description": "Shown this once."})
+    rotatedAt = fields.String(required=True)
+
+
+VERIFY_REQUEST = VerifyRequestSchema()
+
+
+# --- SQL -----------------------------------------------------------------------------
+
+# Registration inserts both rows in its own statement (store.py); this is its CTE body.
+INSERT_BOTH_SQL = """
+    INSERT INTO api_keys (key_hash, customer_id, slot, created_at)
+    SELECT k.key_hash, customer.customer_id, k.slot, {created_at}
+    FROM customer, (VALUES ({primary}::bytea, 'primary'), ({secondary}::bytea, 'secondary'))
+         AS k (key_hash, slot)
+"""
+
+# The slot's row is replaced: the old hash stops matching in the same commit. An upsert,
+# so a customer whose row is missing (written by hand) still gets a key.
+_ROTATE_SQL = """
+WITH rotated AS (
+    INSERT INTO api_keys (key_hash, customer_id, slot, created_at) VALUES ($3, $1, $2, $4)
+    ON CONFLICT (customer_id, slot)
+    DO UPDATE SET key_hash = EXCLUDED.key_hash, created_at = EXCLUDED.created_at
+    RETURNING 1
+)
+INSERT INTO outbox (event_id, event_type, customer_id, lane, payload)
+SELECT $5, $6, $1, $7, $8 FROM rotated
+"""
+
+# One round trip on the hot path: the nonce claim and one index lookup on api_keys' primary
+# key (plus the customer's, by its primary key, for the status).
+VERIFY_SQL = f"""
+WITH nonce AS ({CLAIM_NONCE_SQL})
+SELECT EXISTS (SELECT 1 FROM nonce) AS fresh_nonce, k.customer_id, k.slot, c.status
+FROM (SELECT 1) AS one
+LEFT JOIN (api_keys k JOIN customers c ON c.customer_id = k.customer_id)
+       ON k.key_hash = $3
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    customer_id: str
+    slot: str
+    status: str
+
+
+async def rotate(
+    conn: asyncpg.Connection,
+    customer_id: str,
+    slot: str,
+    key: str,
+    rotated_at: datetime,
+    event: tuple[object, int, str, bytes],
+) -> None:
+    """Replace the key of `slot` and add its event; the caller holds the customer's lock."""
+    event_id, lane, event_type, payload = event
+    await conn.execute(
+        _ROTATE_SQL,
+        customer_id,
+        slot,
+        key_hash(key),
+        rotated_at,
+        event_id,
+        event_type,
+        lane,
+        payload,
+    )
+
+
+async def verify(
+    pool: asyncpg.Pool, service_id: str, nonce: str, key: str
+) -> tuple[bool, Verified | None]:
+    """(whether the nonce was fresh, the key's owner or None)."""
+    row = await pool.fetchrow(VERIFY_SQL, service_id, nonce, key_hash(key))
+    if row["customer_id"] is None:
+        return row["fresh_nonce"], None
+    return row["fresh_nonce"], Verified(row["customer_id"], row["slot"], row["status"])
