@@ -16,8 +16,8 @@ from aiohttp import web
 from service import auth, credentials, db, handlers, metrics
 from service.config import Settings
 from service.errors import ApiError, from_http_exception
-from service.keys import BODY, CALLER, CREDENTIALS, CURSORS, POOL, RELAY, REQUEST_ID, SETTINGS
-from service.outbox import relay
+from service.keys import BODY, CALLER, CREDENTIALS, CURSORS, POOL, REQUEST_ID, SETTINGS, WAKER
+from service.outbox.wakeup import Waker
 from service.pagination import CursorSigner
 
 log = logging.getLogger("xcloud.api")
@@ -157,25 +157,19 @@ async def _nonce_sweeper(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
-async def _relay(app: web.Application) -> AsyncIterator[None]:
-    outbox_relay = relay.Relay(relay.config_from(app[SETTINGS]))
-    app[RELAY] = outbox_relay
-    task = asyncio.create_task(outbox_relay.run())
-    task.add_done_callback(_report_relay_end)
+async def _waker(app: web.Application) -> AsyncIterator[None]:
+    """The relays run in processes of their own (never on this event loop); this only
+    tells them, coalesced and off the request's path, that rows were committed."""
+    settings = app[SETTINGS]
+    waker = Waker(settings.database_url, interval=settings.wakeup_interval_ms / 1000)
+    app[WAKER] = waker
+    if settings.wakeup_interval_ms:
+        waker.start()
     yield
-    outbox_relay.stop()  # ends its batch in flight; never marks what was not acknowledged
-    try:
-        await asyncio.wait_for(task, 60)
-    except TimeoutError:
-        log.error("relay did not stop within 60 s; abandoning its batch (it stays pending)")
+    await waker.stop()
 
 
-def _report_relay_end(task: asyncio.Task) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("the relay stopped for good", exc_info=task.exception())
-
-
-def create_app(settings: Settings, *, with_relay: bool = False) -> web.Application:
+def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=[error_middleware, auth_middleware],
         client_max_size=MAX_BODY,
@@ -185,9 +179,7 @@ def create_app(settings: Settings, *, with_relay: bool = False) -> web.Applicati
     )
     app[SETTINGS] = settings
     app[CURSORS] = CursorSigner(settings.secret_key)
-    app.cleanup_ctx.extend([_database, _nonce_sweeper])
-    if with_relay:
-        app.cleanup_ctx.append(_relay)
+    app.cleanup_ctx.extend([_database, _nonce_sweeper, _waker])
     app.router.add_get("/healthz", handlers.healthz, allow_head=False)
     app.router.add_get("/readyz", handlers.readyz, allow_head=False)
     app.router.add_get("/metrics", handlers.prometheus, allow_head=False)

@@ -12,8 +12,8 @@ from marshmallow import ValidationError
 
 from service import auth, credentials, customers, events, metrics, schemas, store
 from service.errors import ApiError, customer_not_found, json_response, validation_error
-from service.keys import BODY, CALLER, CURSORS, POOL, RELAY, SETTINGS
-from service.outbox.lanes import LANE_LOCK
+from service.keys import BODY, CALLER, CURSORS, POOL, SETTINGS, WAKER
+from service.outbox.lanes import LANE_LOCK, RELAYS_SQL
 from service.pagination import BadCursor, Position
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -59,18 +59,16 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the database answers; the relay's state is reported, not required."""
+    """Ready when the database answers. Relays run in processes of their own, so a worker
+    cannot see their state; it reports what PostgreSQL's lock table says of them (live
+    relays anywhere against this database and the lanes they hold), in the same round
+    trip that checks the database. Reported, not required."""
     try:
-        await asyncio.wait_for(request.app[POOL].fetchval("SELECT 1"), 2.0)
+        row = await asyncio.wait_for(request.app[POOL].fetchrow(RELAYS_SQL), 2.0)
     except TimeoutError:
         raise ApiError(503, "SERVICE_UNAVAILABLE", "The database does not answer") from None
-    outbox_relay = request.app.get(RELAY)
-    relay_state: dict[str, Any] | str = "not running in this process"
-    if outbox_relay is not None:
-        stats = outbox_relay.stats
-        # The state only: error texts can name internal hosts, and this route is public.
-        relay_state = {"state": stats.state, "lanes": stats.lanes}
-    return json_response({"status": "ready", "database": "ok", "relay": relay_state})
+    relays = {"live": row["live"], "lanesHeld": row["lanes_held"], "lanes": customers.LANES}
+    return json_response({"status": "ready", "database": "ok", "relays": relays})
 
 
 async def prometheus(request: web.Request) -> web.Response:
@@ -117,6 +115,7 @@ async def register_customer(request: web.Request) -> web.Response:
             f"Customer with ID '{customer_id}' already exists",
             customerId=customer_id,
         )
+    request.app[WAKER].poke()  # committed: relays may publish it now
     body = {
         "customerId": customer_id,
         "customerName": data["customerName"],
@@ -235,6 +234,7 @@ async def update_customer(request: web.Request) -> web.Response:
     if_match = request.headers.get("If-Match")
     caller = request[CALLER]
     error: ApiError | None = None
+    saved = False
     try:
         async with store.customer_for_update(
             request.app[POOL], caller.service_id, caller.nonce, customer_id
@@ -264,10 +264,13 @@ async def update_customer(request: web.Request) -> web.Response:
                         store.Event(event_id, customers.lane_of(customer_id), payload),
                     )
                     tag = customers.etag(customer_id, version, now)
+                    saved = True
     except store.Replayed:
         raise auth.replayed() from None
     if error is not None:
         raise error
+    if saved:
+        request.app[WAKER].poke()  # committed (the block above ended): relays may publish
     return json_response(body, headers={"ETag": tag})
 
 
