@@ -49,13 +49,15 @@ from bench import limit  # noqa: E402
 from service import customers, events, store  # noqa: E402
 from service.config import Limits  # noqa: E402
 from tests import services as test_services  # noqa: E402
-from tests.helpers import DOC_EXAMPLE  # noqa: E402
+from tests.helpers import DOC_EXAMPLE, free_port  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 LOADGEN = ROOT / ".cache" / "bin" / "loadgen"
 SECRET_KEY = "bench-secret-key-" + "b" * 32
 SERVICE_ID = "bench"
-PORT = 18080
+# Not a fixed port: servers bind with SO_REUSEPORT, so two benches on one machine (other
+# worktrees) sharing a port would each get part of the other's requests (seen: 401s).
+PORT = int(os.environ.get("XCLOUD_BENCH_PORT") or free_port())
 
 
 def log(msg: str) -> None:
@@ -174,7 +176,10 @@ def loadgen(
     for key, value in extra.items():
         argv += [f"-{key}", str(value)]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    return json.loads(out)
+    result = json.loads(out)
+    if result["errors"]:
+        log(f"{result['errors']} failed requests of {result['requests']}: {result['statuses']}")
+    return result
 
 
 # --- pgbench: the same transaction, without the service --------------------------
@@ -460,6 +465,8 @@ async def _latency(urls, pool, secret, rate: int, seconds: float) -> dict[str, A
         )
     finally:
         stop_server(server)
+    if not row["n"]:
+        raise RuntimeError(f"nothing was published at {rate}/s: {load}")
     return {
         "rate": rate,
         "achieved_rps": load["rps"],

@@ -9,7 +9,6 @@ failure of it fails no request (relays also poll; see docs/relay.md)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import asyncpg
@@ -25,6 +24,7 @@ class Waker:
         self._interval = interval
         self._pending = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._conn: asyncpg.Connection | None = None
         self.sent = 0  # NOTIFYs sent; read by tests
 
     def poke(self) -> None:
@@ -35,24 +35,28 @@ class Waker:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
+        """Bounded: a wake-up in flight must never hold up a worker's shutdown."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            if self._conn is not None:
+                self._conn.terminate()  # nothing waits on a socket that no longer exists
+            await asyncio.wait({self._task}, timeout=2)
 
     async def _run(self) -> None:
-        conn: asyncpg.Connection | None = None
         failing = False
         try:
             while True:
                 await self._pending.wait()
                 try:
-                    if conn is None or conn.is_closed():
-                        conn = await asyncpg.connect(
-                            self._dsn, server_settings={"synchronous_commit": "off"}
+                    if self._conn is None or self._conn.is_closed():
+                        self._conn = await asyncpg.connect(
+                            self._dsn,
+                            timeout=5,
+                            command_timeout=5,
+                            server_settings={"synchronous_commit": "off"},
                         )
                     self._pending.clear()  # pokes from here on ask for the next NOTIFY
-                    await asyncio.wait_for(conn.execute(f"NOTIFY {NOTIFY_CHANNEL}"), 5)
+                    await self._conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
                     self.sent += 1
                     if failing:
                         log.info("relay wake-ups sent again")
@@ -63,12 +67,12 @@ class Waker:
                             "cannot wake the relays (%s); they will poll", type(exc).__name__
                         )
                         failing = True
-                    if conn is not None:
-                        conn.terminate()
-                        conn = None
+                    if self._conn is not None:
+                        self._conn.terminate()
+                        self._conn = None
                     await asyncio.sleep(1.0)
                     continue
                 await asyncio.sleep(self._interval)  # coalesce: at most one per interval
         finally:
-            if conn is not None:
-                conn.terminate()
+            if self._conn is not None:
+                self._conn.terminate()
