@@ -51,11 +51,14 @@ def minimal_script(service_id: str) -> str:
     return " ".join(sql.split()) + ";\n"
 
 
-def run_pgbench(db_url: str, script: Path, concurrency: int, seconds: float) -> dict[str, Any]:
+def run_pgbench(
+    db_url: str, script: Path, concurrency: int, seconds: float, prefix: tuple[str, ...] = ()
+) -> dict[str, Any]:
     host, port = re.search(r"@([^:/]+):(\d+)/", db_url).groups()
     dbname = db_url.rsplit("/", 1)[1]
     out = subprocess.run(
         [
+            *prefix,
             *("pgbench", "-n", "-M", "prepared", "-h", host, "-p", port, "-U", "postgres"),
             *("-c", str(concurrency), "-j", "2", "-T", str(int(seconds)), "-f", str(script)),
             dbname,
@@ -73,9 +76,14 @@ def run_pgbench(db_url: str, script: Path, concurrency: int, seconds: float) -> 
 
 
 def measure(
-    db_url: str, raw_dir: Path, service_id: str, levels: list[int], seconds: float
+    db_url: str,
+    raw_dir: Path,
+    service_id: str,
+    levels: list[int],
+    seconds: float,
+    prefix: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
     """pgbench on the minimal transaction at each concurrency; the best is the limit."""
     script = raw_dir / "minimal.sql"
     script.write_text(minimal_script(service_id))
-    return [run_pgbench(db_url, script, c, seconds) for c in levels]
+    return [run_pgbench(db_url, script, c, seconds, prefix) for c in levels]

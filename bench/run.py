@@ -58,6 +58,10 @@ SERVICE_ID = "bench"
 # Not a fixed port: servers bind with SO_REUSEPORT, so two benches on one machine (other
 # worktrees) sharing a port would each get part of the other's requests (seen: 401s).
 PORT = int(os.environ.get("XCLOUD_BENCH_PORT") or free_port())
+# Command prefixes, e.g. ["taskset", "-c", "0"]: bench/pinned.py keeps the load generator
+# off the service's core.
+PIN_SERVER: list[str] = []
+PIN_LOADGEN: list[str] = []
 
 
 def log(msg: str) -> None:
@@ -119,7 +123,8 @@ def start_server(
         "XCLOUD_HOST": "127.0.0.1",
         "XCLOUD_PORT": str(PORT),
     }
-    argv = [sys.executable, "-m", "service.cli", "serve"] + ([] if relay else ["--no-relay"])
+    argv = [*PIN_SERVER, sys.executable, "-m", "service.cli", "serve"]
+    argv += [] if relay else ["--no-relay"]
     if workers:
         argv += ["--workers", str(workers)]
     proc = subprocess.Popen(
@@ -157,6 +162,7 @@ def loadgen(
     body.parent.mkdir(parents=True, exist_ok=True)
     body.write_text(json.dumps(DOC_EXAMPLE))
     argv = [
+        *PIN_LOADGEN,
         str(LOADGEN),
         "-url",
         server.url,
@@ -408,17 +414,29 @@ async def registration_vs_pgbench(
     report.limit = limit.measure(urls["db"], RESULTS / "raw", SERVICE_ID, limit_levels, seconds)
     for pair in range(pairs):  # alternating, so drift on a shared machine hits both sides
         log(f"registrations without / with the relay process, concurrency {best} ({pair + 1})")
+        # An empty outbox each time: the relay must publish what this load writes, not
+        # drain the backlog of the runs before (which made it look 3 times as costly).
+        await _empty_outbox(urls)
         server = start_server(urls, relay=False, topic="bench.unused")
         try:
             without = loadgen(server, secret, "register", best, seconds)
         finally:
             stop_server(server)
+        await _empty_outbox(urls)
         server = start_server(urls, relay=True, topic=f"bench.reg.{int(time.time())}")
         try:
             report.with_relay = loadgen(server, secret, "register", best, seconds)
         finally:
             stop_server(server)
         report.relay_pairs.append((without["rps"], report.with_relay["rps"]))
+
+
+async def _empty_outbox(urls: dict[str, str]) -> None:
+    conn = await asyncpg.connect(urls["db"])
+    try:
+        await conn.execute("TRUNCATE outbox")
+    finally:
+        await conn.close()
 
 
 async def relay_vs_raw(report: Report, urls, pool, backlog) -> None:
