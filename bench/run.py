@@ -137,9 +137,13 @@ def start_server(
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(url + "/readyz", timeout=1) as resp:  # noqa: S310
-                if resp.status == 200:
-                    time.sleep(1.0)  # let every worker finish starting
-                    return Server(proc, url)
+                ready = json.loads(resp.read())
+            # With its relay: only once the relay holds every lane (its producer started
+            # first), so no figure includes the relay's start-up.
+            if not relay or ready["relays"]["lanesHeld"] == ready["relays"]["lanes"]:
+                time.sleep(1.0)  # let every worker finish starting
+                return Server(proc, url)
+            time.sleep(0.2)
         except OSError:
             time.sleep(0.2)
     proc.kill()
