@@ -271,6 +271,10 @@ async def test_serve_runs_one_relay_process_beside_its_workers(start_server, cre
     async with XCloudClient(server.url, *credential) as xc:
         await xc.register_customer(example(customerId=make_customer_id("Again")))
     await _until(lambda: _outbox_empty(clean_db))
+    async with aiohttp.ClientSession() as http, http.get(server.url + "/metrics") as resp:
+        text = await resp.text()
+    # The relay process writes its metrics where the workers' /metrics reads them.
+    assert sample(text, "xcloud_relay_published_total") == 2
 
     server.proc.send_signal(signal.SIGTERM)  # stops the workers and the relay, gracefully
     assert server.proc.wait(60) == 0
