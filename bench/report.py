@@ -25,9 +25,21 @@ def markdown(r: Any) -> str:
         f"PostgreSQL {m['postgres']}, Kafka {m['kafka']}. Load generator, server, "
         "PostgreSQL and Kafka all share the machine.",
         "",
-        f"**service/pgbench ratio: {r.service_ratio():.2f}** · "
+        f"**service/limit ratio: {r.limit_ratio():.2f}** · "
+        f"**relay-inside ratio: {r.relay_inside_ratio():.2f}** · "
+        f"**commit-to-publish p99 ms: {r.latency['p99_ms']:.1f}** "
+        f"(at {r.latency['rate']}/s, {r.latency.get('basis', 'target')}) · "
         f"**relay/raw ratio: {r.relay_ratio():.2f}** · "
-        f"commit-to-publish p99 at {r.latency['rate']}/s: {r.latency['p99_ms']:.1f} ms",
+        f"service/pgbench on the service's exact SQL: {r.service_ratio():.2f}",
+        "",
+        "PostgreSQL's limit, pgbench on the minimal registration transaction (nonce, "
+        "customer, outbox row; one statement; no trigger): "
+        + ", ".join(f"c={p['concurrency']}: {_f(p['tps'])} tx/s" for p in r.limit)
+        + ".",
+        "",
+        "Relay process running vs not, same concurrency, alternating runs (req/s): "
+        + "; ".join(f"{_f(wo)} without, {_f(w)} with" for wo, w in r.relay_pairs)
+        + ".",
         "",
         "| registrations | concurrency | service req/s | p50 ms | p99 ms | p99.9 ms | errors "
         "| pgbench tx/s (same SQL) | service/pgbench |",
@@ -48,7 +60,7 @@ def markdown(r: Any) -> str:
     if r.with_relay:
         w = r.with_relay
         lines.append(
-            f"| with relay inside | {w['concurrency']} | {_f(w['rps'])} | {w['p50_ms']:.1f} "
+            f"| with the relay process | {w['concurrency']} | {_f(w['rps'])} | {w['p50_ms']:.1f} "
             f"| {w['p99_ms']:.1f} | {w['p999_ms']:.1f} | {w['errors']} | | |"
         )
     rel, lat = r.relay, r.latency
@@ -68,7 +80,13 @@ def markdown(r: Any) -> str:
         f"{lat['rate']} registrations/s (achieved {_f(lat['achieved_rps'])}/s, "
         f"{_f(lat['events'])} events, {lat['errors']} errors): "
         f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms; "
-        f"API p99 {lat['api_p99_ms']:.1f} ms.",
+        f"API p99 {lat['api_p99_ms']:.1f} ms. "
+        + (
+            f"Nearly idle ({r.latency_idle['rate']}/s): p50 {r.latency_idle['p50_ms']:.1f} ms, "
+            f"p99 {r.latency_idle['p99_ms']:.1f} ms."
+            if r.latency_idle
+            else ""
+        ),
         "",
         "| customers | register req/s (c=64) | GET one p50 / p99 ms | list page p50 / p99 ms "
         "| errors |",
@@ -102,7 +120,7 @@ def plot(r: Any, path: Path) -> None:
     axes[0].set_xticks(list(xs), levels)
     axes[0].set_xlabel("concurrency")
     axes[0].set_ylabel("registrations / s")
-    axes[0].set_title(f"Registration (ratio {r.service_ratio():.2f})")
+    axes[0].set_title(f"Registration (service/limit {r.limit_ratio():.2f})")
     axes[0].legend()
 
     names = ["raw producer", "xcloud relay"] + [f"relay, 1M {k}" for k in r.relay_growth]

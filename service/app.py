@@ -24,12 +24,12 @@ from service.keys import (
     CURSORS,
     GAUGES,
     POOL,
-    RELAY,
     REQUEST_ID,
     SETTINGS,
+    WAKER,
 )
-from service.outbox import relay
 from service.outbox.lanes import LANE_LOCK
+from service.outbox.wakeup import Waker
 from service.pagination import CursorSigner
 
 log = logging.getLogger("xcloud.api")
@@ -193,25 +193,19 @@ async def _idempotency(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-async def _relay(app: web.Application) -> AsyncIterator[None]:
-    outbox_relay = relay.Relay(relay.config_from(app[SETTINGS]))
-    app[RELAY] = outbox_relay
-    task = asyncio.create_task(outbox_relay.run())
-    task.add_done_callback(_report_relay_end)
+async def _waker(app: web.Application) -> AsyncIterator[None]:
+    """The relays run in processes of their own (never on this event loop); this only
+    tells them, coalesced and off the request's path, that rows were committed."""
+    settings = app[SETTINGS]
+    waker = Waker(settings.database_url, interval=settings.wakeup_interval_ms / 1000)
+    app[WAKER] = waker
+    if settings.wakeup_interval_ms:
+        waker.start()
     yield
-    outbox_relay.stop()  # ends its batch in flight; never marks what was not acknowledged
-    try:
-        await asyncio.wait_for(task, 60)
-    except TimeoutError:
-        log.error("relay did not stop within 60 s; abandoning its batch (it stays pending)")
+    await waker.stop()
 
 
-def _report_relay_end(task: asyncio.Task) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("the relay stopped for good", exc_info=task.exception())
-
-
-def create_app(settings: Settings, *, with_relay: bool = False) -> web.Application:
+def create_app(settings: Settings) -> web.Application:
     """The API. With `settings.metrics_port` set, /healthz, /readyz and /metrics are not
     on it but on `create_ops_app(app)`, served on that port."""
     app = web.Application(
@@ -221,9 +215,7 @@ def create_app(settings: Settings, *, with_relay: bool = False) -> web.Applicati
     )
     app[SETTINGS] = settings
     app[CURSORS] = CursorSigner(settings.secret_key)
-    app.cleanup_ctx.extend([_database, _gauge_refresher, _nonce_sweeper, _idempotency])
-    if with_relay:
-        app.cleanup_ctx.append(_relay)
+    app.cleanup_ctx.extend([_database, _gauge_refresher, _nonce_sweeper, _idempotency, _waker])
     if settings.metrics_port is None:
         _add_ops_routes(app)
     app.router.add_get("/openapi.json", handlers.openapi, allow_head=False)
@@ -248,15 +240,13 @@ def _add_ops_routes(app: web.Application) -> None:
 
 def create_ops_app(api: web.Application) -> web.Application:
     """/healthz, /readyz and /metrics alone, for XCLOUD_METRICS_PORT. They answer from
-    the API app's pool, relay and gauges, so `api` must be started first."""
+    the API app's pool and gauges, so `api` must be started first."""
     ops = web.Application(middlewares=[error_middleware], handler_args=httpserver.HANDLER_ARGS)
     _add_ops_routes(ops)
 
     async def share(ops: web.Application) -> None:
         ops[POOL] = api[POOL]
         ops[GAUGES] = api[GAUGES]
-        if RELAY in api:
-            ops[RELAY] = api[RELAY]
 
     ops.on_startup.append(share)
     return ops

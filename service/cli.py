@@ -52,11 +52,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(need_kafka=not args.no_relay)
     with_relay = not args.no_relay
     if args.worker_index is not None:  # started by the supervisor below
-        server.run_worker(settings, with_relay=with_relay, reuse_port=True)
+        server.run_worker(settings, reuse_port=True)
         return 0
     workers = args.workers or server.default_workers()
-    if workers == 1:
-        server.run_worker(settings, with_relay=with_relay, reuse_port=False)
+    if workers == 1 and not with_relay:  # nothing to supervise
+        server.run_worker(settings, reuse_port=False)
         return 0
     return server.supervise(workers, with_relay=with_relay)
 
@@ -72,7 +72,9 @@ def cmd_relay(args: argparse.Namespace) -> int:
     except ImportError:  # optional: plain asyncio works, a little slower
         run = asyncio.run
     try:
-        run(relay.run_until_signalled(relay.config_from(settings)))
+        run(
+            relay.run_until_signalled(relay.config_from(settings), exit_with_parent=args.supervised)
+        )
     except KafkaError as exc:  # one the relay cannot wait out (a bad topic setting, say)
         print(f"xcloud: relay failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
@@ -122,7 +124,9 @@ def parser() -> argparse.ArgumentParser:
     )
 
     serve = sub.add_parser("serve", help="run the HTTP API (with the outbox relay)")
-    serve.add_argument("--no-relay", action="store_true", help="do not run the relay inside")
+    serve.add_argument(
+        "--no-relay", action="store_true", help="do not run a relay process beside the workers"
+    )
     serve.add_argument(
         "--workers",
         type=_positive,
@@ -132,7 +136,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
-    sub.add_parser("relay", help="run the outbox relay alone").set_defaults(func=cmd_relay)
+    relay = sub.add_parser("relay", help="run the outbox relay alone")
+    relay.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
+    relay.set_defaults(func=cmd_relay)
 
     clients = sub.add_parser("clients", help="service credentials")
     csub = clients.add_subparsers(dest="action", required=True)

@@ -49,6 +49,8 @@ class Settings:
     outbox_retention_seconds: int = 0
     metrics_refresh_seconds: float = 5.0  # contract 10: at most every 5 s
     idempotency_ttl_seconds: int = 86400
+    wakeup_interval_ms: int = 5  # at most one relay wake-up per API process per interval
+    relay_poll_max_ms: int = 2000  # the relay's idle poll grows to this
 
 
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$")
@@ -117,4 +119,6 @@ def load(env: Mapping[str, str] | None = None, *, need_kafka: bool = False) -> S
         body_timeout_seconds=_int(env, "XCLOUD_BODY_TIMEOUT_SECONDS", 10, 1, 600),
         outbox_retention_seconds=_int(env, "XCLOUD_OUTBOX_RETENTION_SECONDS", 0, 0, 10**9),
         idempotency_ttl_seconds=_int(env, "XCLOUD_IDEMPOTENCY_TTL_SECONDS", 86400, 1, 10**8),
+        wakeup_interval_ms=_int(env, "XCLOUD_WAKEUP_INTERVAL_MS", 5, 0, 10_000),
+        relay_poll_max_ms=_int(env, "XCLOUD_RELAY_POLL_MAX_MS", 2000, 5, 600_000),
     )

@@ -31,9 +31,10 @@ from service.keys import (
     GAUGES,
     IDEMPOTENCY_KEY,
     POOL,
-    RELAY,
     SETTINGS,
+    WAKER,
 )
+from service.outbox.lanes import RELAYS_SQL
 from service.pagination import BadCursor, Position
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -95,11 +96,13 @@ async def write_transaction(
 ) -> web.Response:
     """`effects` in the transaction that claims the nonce and keeps the key's answer."""
     try:
-        return await idempotency.write_transaction(
+        response = await idempotency.write_transaction(
             request.app[POOL], request.app[ANSWERS], scope, effects, combined
         )
     except store.Replayed:
         raise auth.replayed() from None
+    request.app[WAKER].poke()  # committed: the relays may publish its event now
+    return response
 
 
 async def json_object(request: web.Request) -> dict[str, Any]:
@@ -122,18 +125,16 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the database answers; the relay's state is reported, not required."""
+    """Ready when the database answers. Relays run in processes of their own, so a worker
+    cannot see their state; it reports what PostgreSQL's lock table says of them (live
+    relays anywhere against this database and the lanes they hold), in the same round
+    trip that checks the database. Reported, not required."""
     try:
-        await asyncio.wait_for(request.app[POOL].fetchval("SELECT 1"), 2.0)
+        row = await asyncio.wait_for(request.app[POOL].fetchrow(RELAYS_SQL), 2.0)
     except TimeoutError:
         raise ApiError(503, "SERVICE_UNAVAILABLE", "The database does not answer") from None
-    outbox_relay = request.app.get(RELAY)
-    relay_state: dict[str, Any] | str = "not running in this process"
-    if outbox_relay is not None:
-        stats = outbox_relay.stats
-        # The state only: error texts can name internal hosts, and this route is public.
-        relay_state = {"state": stats.state, "lanes": stats.lanes}
-    return json_response({"status": "ready", "database": "ok", "relay": relay_state})
+    relays = {"live": row["live"], "lanesHeld": row["lanes_held"], "lanes": customers.LANES}
+    return json_response({"status": "ready", "database": "ok", "relays": relays})
 
 
 async def prometheus(request: web.Request) -> web.Response:

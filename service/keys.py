@@ -10,16 +10,16 @@ from service.config import Settings
 from service.credentials import CredentialStore
 from service.idempotency import Answers
 from service.metrics import DatabaseGauges
-from service.outbox.relay import Relay
+from service.outbox.wakeup import Waker
 from service.pagination import CursorSigner
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 CREDENTIALS = web.AppKey("credentials", CredentialStore)
 CURSORS = web.AppKey("cursors", CursorSigner)
-RELAY = web.AppKey("relay", Relay)  # present when the relay runs in this process
 GAUGES = web.AppKey("gauges", DatabaseGauges)
 ANSWERS = web.AppKey("answers", Answers)  # stored Idempotency-Key answers
+WAKER = web.AppKey("waker", Waker)  # wakes the relays after this process's commits
 
 REQUEST_ID = web.RequestKey("request_id", str)
 CALLER = web.RequestKey("caller", SignedRequest)  # authenticated, nonce not claimed yet

@@ -1,8 +1,11 @@
 """`xcloud serve`: one process, or a supervisor and N workers sharing one port.
 
 Each worker is a fresh interpreter (not a fork) that binds the port with SO_REUSEPORT,
-so the kernel spreads connections over them. Worker 0 also runs the outbox relay; the
-supervisor restarts a worker that dies, and on SIGTERM/SIGINT stops them all gracefully.
+so the kernel spreads connections over them. Unless --no-relay, the supervisor also runs
+one outbox relay (`xcloud relay`) as a process of its own: a relay never shares an event
+loop with HTTP handlers, so publishing takes no time from requests and a slow broker
+cannot stall them. The supervisor restarts a worker or the relay that dies, and on
+SIGTERM/SIGINT stops them all gracefully (the relay finishes its batch in flight).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
@@ -35,10 +38,10 @@ def default_workers() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def run_worker(settings: Settings, *, with_relay: bool, reuse_port: bool) -> None:
-    """Serve until SIGTERM/SIGINT: stop accepting, finish in-flight requests, stop the
-    relay after its batch, close the pool (what aiohttp's run_app does, in that order;
-    run_app cannot take the runner that gives parser errors the contract's format)."""
+def run_worker(settings: Settings, *, reuse_port: bool) -> None:
+    """Serve until SIGTERM/SIGINT: stop accepting, finish in-flight requests, close the
+    pool (what aiohttp's run_app does, in that order; run_app cannot take the runner that
+    gives parser errors the contract's format)."""
     try:
         import uvloop
 
@@ -46,7 +49,7 @@ def run_worker(settings: Settings, *, with_relay: bool, reuse_port: bool) -> Non
     except ImportError:  # uvloop is optional: plain asyncio works, a little slower
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    app = create_app(settings, with_relay=with_relay)
+    app = create_app(settings)
     if reuse_port:  # started by the supervisor: do not outlive it
         app.cleanup_ctx.append(_exit_with_parent)
     main = loop.create_task(_serve(app, settings, reuse_port=reuse_port))
@@ -100,17 +103,21 @@ async def _serve(app: web.Application, settings: Settings, *, reuse_port: bool) 
 async def _exit_with_parent(app: web.Application) -> AsyncIterator[None]:
     """A worker whose supervisor was killed (SIGKILL, OOM) stops gracefully instead of
     holding the port as an orphan."""
-    parent = os.getppid()
-
-    async def watch() -> None:
-        while os.getppid() == parent:  # noqa: ASYNC110 - no event tells us; we must look
-            await asyncio.sleep(1.0)
-        log.warning("supervisor gone; stopping", extra={"pid": os.getpid()})
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    task = asyncio.create_task(watch())
+    task = asyncio.create_task(watch_parent(lambda: os.kill(os.getpid(), signal.SIGTERM)))
     yield
     task.cancel()
+
+
+async def watch_parent(stop: Callable[[], None]) -> None:
+    """Call `stop` once this process's parent is gone (workers and the relay)."""
+    parent = os.getppid()
+    while os.getppid() == parent:  # noqa: ASYNC110 - no event tells us; we must look
+        await asyncio.sleep(1.0)
+    log.warning("supervisor gone; stopping", extra={"pid": os.getpid()})
+    stop()
+
+
+RELAY = "relay"  # the supervisor's name for its relay child (workers are numbered)
 
 
 def supervise(workers: int, *, with_relay: bool) -> int:
@@ -118,10 +125,11 @@ def supervise(workers: int, *, with_relay: bool) -> int:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     stopping = False
 
-    def spawn(index: int) -> subprocess.Popen:
-        argv = [sys.executable, "-m", "service.cli", "serve", "--worker-index", str(index)]
-        if not (with_relay and index == 0):
-            argv.append("--no-relay")
+    def spawn(index: int | str) -> subprocess.Popen:
+        if index == RELAY:
+            argv = [sys.executable, "-m", "service.cli", "relay", "--supervised"]
+        else:
+            argv = [sys.executable, "-m", "service.cli", "serve", "--worker-index", str(index)]
         return subprocess.Popen(argv)  # noqa: S603 - this interpreter, our own module
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -131,13 +139,18 @@ def supervise(workers: int, *, with_relay: bool) -> int:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
 
-    children = {i: spawn(i) for i in range(workers)}
+    names: list[int | str] = [*range(workers), *([RELAY] if with_relay else [])]
+    children = {i: spawn(i) for i in names}
     started = {i: time.monotonic() for i in children}
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info(
         "supervising workers",
-        extra={"workers": workers, "pids": [p.pid for p in children.values()]},
+        extra={
+            "workers": workers,
+            "pids": [p.pid for p in children.values()],
+            "relay_pid": children[RELAY].pid if with_relay else None,
+        },
     )
     try:
         while not stopping:
@@ -149,11 +162,12 @@ def supervise(workers: int, *, with_relay: bool) -> int:
                 from prometheus_client import multiprocess
 
                 multiprocess.mark_process_dead(proc.pid)
+                what = "relay" if index == RELAY else "worker"
                 if code == 2:  # a configuration error: restarting would fail the same way
-                    log.error("worker exited with a configuration error; stopping")
+                    log.error("%s exited with a configuration error; stopping", what)
                     on_signal(signal.SIGTERM, None)
                     return 2
-                log.warning("worker died; restarting", extra={"worker": index, "exit": code})
+                log.warning("%s died; restarting", what, extra={"worker": index, "exit": code})
                 if time.monotonic() - started[index] < 1.0:
                     time.sleep(1.0)  # do not spin on a worker that dies at once
                 children[index] = spawn(index)

@@ -62,3 +62,14 @@ class Lanes:
                     self.held.add(lane)
                     if len(self.held) >= target:
                         break
+
+
+# What /readyz reports of the relays: live ones (MEMBER_LOCK holders) and the lanes held,
+# from PostgreSQL's lock table, so relays in any process or on any host are counted.
+RELAYS_SQL = f"""
+SELECT count(*) FILTER (WHERE classid = {MEMBER_LOCK} AND objid = 0) AS live,
+       count(*) FILTER (WHERE classid = {LANE_LOCK}) AS lanes_held
+FROM pg_locks
+WHERE locktype = 'advisory' AND granted AND objsubid = 2
+  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""

@@ -26,10 +26,9 @@ from service.outbox import retention
 from service.outbox.lanes import Lanes
 from service.outbox.pipeline import Flight, settle
 from service.outbox.producer import Failure
+from service.outbox.wakeup import NOTIFY_CHANNEL
 
 log = logging.getLogger("xcloud.relay")
-
-NOTIFY_CHANNEL = "xcloud_outbox"
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,11 @@ class RelayConfig:
     partitions: int = 6
     replication_factor: int = 1
     batch_size: int = 500
-    poll_interval: float = 2.0  # safety net under LISTEN/NOTIFY
+    # Adaptive poll, the safety net under the API's wake-ups: after a batch with rows the
+    # relay looks again at once; once idle it waits idle_poll_min, doubling up to
+    # poll_interval while it keeps finding nothing. A NOTIFY ends any wait.
+    poll_interval: float = 2.0
+    idle_poll_min: float = 0.005
     rebalance_interval: float = 2.0
     retention_seconds: float = 0  # 0: delete rows as soon as the broker acknowledged them
     retention_interval: float = 60.0
@@ -59,6 +62,8 @@ class RelayStats:
     dead_lettered: int = 0
     producers: int = 0  # producers started: 1 + the renewals after producer-state errors
     lanes: int = 0
+    fetches: int = 0  # reads of pending rows
+    idle_until: float = 0.0  # monotonic end of the idle wait in progress (0: not waiting)
     state: str = "starting"
     last_error: str | None = None
     changed_at: float = field(default_factory=time.time)
@@ -74,6 +79,7 @@ def config_from(settings: Settings) -> RelayConfig:
         replication_factor=settings.topic_replication_factor,
         batch_size=settings.relay_batch_size,
         retention_seconds=settings.outbox_retention_seconds,
+        poll_interval=settings.relay_poll_max_ms / 1000,
     )
 
 
@@ -119,6 +125,7 @@ class Relay:
         self._producer: AIOKafkaProducer | None = None
         self._backoff = Backoff(config.backoff_base, config.backoff_cap)
         self._next_cleanup = 0.0
+        self._idle_wait = config.idle_poll_min
 
     # --- life cycle --------------------------------------------------------------
 
@@ -182,7 +189,9 @@ class Relay:
         elif not rows:
             self._healthy()  # the database answered and nothing is owed to the broker
         if following is None:
-            await self._idle(self.config.poll_interval)
+            await self._idle()
+        else:
+            self._idle_wait = self.config.idle_poll_min
         return following
 
     # --- states, backoff, recovery -----------------------------------------------
@@ -237,10 +246,18 @@ class Relay:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
-    async def _idle(self, seconds: float) -> None:
-        """Nothing to send: wait for new rows (a notification) or the safety-net poll."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+    async def _idle(self) -> None:
+        """Nothing to send: wait for new rows (a notification) or the adaptive poll."""
+        seconds = self._idle_wait
+        self._idle_wait = min(self.config.poll_interval, seconds * 2)
+        self.stats.idle_until = time.monotonic() + seconds
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), seconds)
+        finally:
+            self.stats.idle_until = 0.0
+        if self._wake.is_set():
+            self._idle_wait = self.config.idle_poll_min  # woken: rows are coming
         self._wake.clear()
 
     # --- Kafka -------------------------------------------------------------------
@@ -304,6 +321,7 @@ class Relay:
         assert self._conn is not None and self._lanes is not None
         if not self._lanes.held:
             return []
+        self.stats.fetches += 1
         return await self._conn.fetch(
             store.FETCH_PENDING_SQL, sorted(self._lanes.held), in_flight, self.config.batch_size
         )
@@ -381,12 +399,23 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:1000]
 
 
-async def run_until_signalled(config: RelayConfig) -> None:
-    """`xcloud relay`: run until SIGTERM or SIGINT, then finish the batch and stop."""
+async def run_until_signalled(config: RelayConfig, *, exit_with_parent: bool = False) -> None:
+    """`xcloud relay`: run until SIGTERM or SIGINT, then finish the batch and stop. Under
+    `xcloud serve`'s supervisor (exit_with_parent) it also stops when the supervisor is
+    gone, rather than outliving it as an orphan."""
     import signal
 
     relay = Relay(config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, relay.stop)
-    await relay.run()
+    watcher = None
+    if exit_with_parent:
+        from service.server import watch_parent
+
+        watcher = asyncio.create_task(watch_parent(relay.stop))
+    try:
+        await relay.run()
+    finally:
+        if watcher is not None:
+            watcher.cancel()

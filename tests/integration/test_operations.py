@@ -100,7 +100,8 @@ async def test_healthz_and_readyz(api):
     body = await ready.json()
     assert ready.status == 200
     assert body["database"] == "ok"
-    assert body["relay"] == "not running in this process"
+    # Relays run in processes of their own: a worker reports what PostgreSQL sees of them.
+    assert body["relays"] == {"live": 0, "lanesHeld": 0, "lanes": 32}
 
 
 async def test_readyz_is_503_when_the_database_is_gone(proxied_api):
@@ -254,6 +255,62 @@ async def test_a_replay_sent_to_the_other_worker_process_is_refused(
     assert await clean_db.fetchval("SELECT count(*) FROM outbox") == 1
 
 
+async def _relays(url: str) -> dict:
+    async with aiohttp.ClientSession() as http, http.get(url + "/readyz") as resp:
+        return (await resp.json())["relays"]
+
+
+async def _until(check, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.1)
+
+
+async def test_serve_runs_one_relay_process_beside_its_workers(start_server, credential, clean_db):
+    server = await start_server("--workers", "1")
+    workers = await server.serving_pids(1)
+    supervisor = next(e for e in server.log_lines() if e.get("message") == "supervising workers")
+    relay_pid = supervisor["relay_pid"]
+    assert relay_pid not in workers, "the relay has a process of its own"
+    assert supervisor["pids"] == [*workers, relay_pid]
+    await _until(lambda: _match(_relays(server.url), {"live": 1, "lanesHeld": 32, "lanes": 32}))
+    async with XCloudClient(server.url, *credential) as xc:
+        await xc.register_customer(example(customerId=make_customer_id("Beside")))
+    await _until(lambda: _outbox_empty(clean_db))  # published (and deleted) by that relay
+
+    os.kill(relay_pid, signal.SIGKILL)  # the supervisor starts another
+    await _until(lambda: _restarted(server, relay_pid))
+    await _until(lambda: _match(_relays(server.url), {"live": 1, "lanesHeld": 32, "lanes": 32}))
+    async with XCloudClient(server.url, *credential) as xc:
+        await xc.register_customer(example(customerId=make_customer_id("Again")))
+    await _until(lambda: _outbox_empty(clean_db))
+    async with aiohttp.ClientSession() as http, http.get(server.url + "/metrics") as resp:
+        text = await resp.text()
+    # The relay process writes its metrics where the workers' /metrics reads them.
+    assert sample(text, "xcloud_relay_published_total") == 2
+
+    server.proc.send_signal(signal.SIGTERM)  # stops the workers and the relay, gracefully
+    assert server.proc.wait(60) == 0
+    assert "relay stopped" in server.raw_log()
+    assert not _alive(relay_pid)
+
+
+async def _match(value, expected) -> bool:
+    return await value == expected
+
+
+async def _outbox_empty(pool) -> bool:
+    return await pool.fetchval("SELECT count(*) FROM outbox") == 0
+
+
+async def _restarted(server, pid: int) -> bool:
+    return any(
+        e.get("message") == "relay died; restarting" and e.get("worker") == "relay"
+        for e in server.log_lines()
+    )
+
+
 async def test_a_killed_worker_is_replaced(start_server, credential, clean_db):
     server = await start_server("--workers", "2", "--no-relay")
     pids = await server.serving_pids(2)
@@ -393,6 +450,7 @@ async def test_lanes_held_are_counted_from_the_database(api, settings, clean_db)
         text = await scrape_until(api, lambda t: sample(t, "xcloud_relay_lanes_held") == 32)
         assert sample(text, "xcloud_relay_lanes_held") == 32
         ready = await (await api.get("/readyz")).json()
+        assert ready["relays"] == {"live": 1, "lanesHeld": 32, "lanes": 32}
         assert "lastError" not in json.dumps(ready)
     finally:
         outbox_relay.stop()

@@ -10,12 +10,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 
 from service import customers
 from service.app import create_app
 from service.client import XCloudClient, make_customer_id
+from service.keys import WAKER
 from service.outbox import relay
 from tests import services as test_services
 from tests.conftest import SECRET_KEY
@@ -102,16 +104,13 @@ def relay_process(s, **env_extra) -> subprocess.Popen:
 async def test_a_registration_arrives_as_a_cloudevent(
     aiohttp_client, topic_settings, credential, clean_db
 ):
-    app = create_app(topic_settings, with_relay=True)
-    client = await aiohttp_client(app)
-    xc = XCloudClient(str(client.make_url("")), *credential)
-    try:
-        created = await xc.register_customer(DOC_EXAMPLE)
-    finally:
-        await xc.close()
-    received = await read_topic(
-        topic_settings.kafka_bootstrap_servers, topic_settings.topic, until=1
-    )
+    client = await aiohttp_client(create_app(topic_settings))
+    async with running(relay_config(topic_settings)):
+        async with XCloudClient(str(client.make_url("")), *credential) as xc:
+            created = await xc.register_customer(DOC_EXAMPLE)
+        received = await read_topic(
+            topic_settings.kafka_bootstrap_servers, topic_settings.topic, until=1
+        )
     assert len(received) == 1
     msg = received[0]
     assert msg.key == DOC_EXAMPLE["customerId"]
@@ -140,7 +139,8 @@ async def test_a_registration_arrives_as_a_cloudevent(
     for key in created["apiKeys"].values():
         assert key not in raw
     assert "hash" not in raw.lower()
-    # With no retention configured, the acknowledged row leaves the outbox.
+    # With no retention configured, the acknowledged row leaves the outbox (a graceful
+    # stop settles the batch in flight).
     await wait_for(lambda: _outbox_empty(clean_db), timeout=10)
 
 
@@ -151,19 +151,21 @@ async def _outbox_empty(pool) -> bool:
 async def test_notify_wakes_the_relay_long_before_its_poll(
     aiohttp_client, topic_settings, credential, clean_db
 ):
-    """With a 60-second safety poll, an event still arrives promptly: LISTEN/NOTIFY works."""
-    outbox_relay = relay.Relay(relay_config(topic_settings, poll_interval=60))
-    task = asyncio.create_task(outbox_relay.run())
-    try:
+    """A relay idle in a 30-second poll publishes a registration at once: the API
+    process's coalesced NOTIFY (sent after the commit, not by a trigger) woke it."""
+    client = await aiohttp_client(create_app(topic_settings))
+    config = relay_config(topic_settings, idle_poll_min=30, poll_interval=60)
+    async with running(config) as outbox_relay:
         await wait_for(lambda: _async(outbox_relay.stats.lanes == customers.LANES), 30)
-        await asyncio.sleep(0.5)  # the relay is now idle, waiting on its poll
-        client = await aiohttp_client(create_app(topic_settings))
+        # Proven idle, not assumed after a sleep: inside its wait, with most of it left.
+        await wait_for(lambda: _async(outbox_relay.stats.idle_until - time.monotonic() > 25), 30)
+        idle_until, fetches = outbox_relay.stats.idle_until, outbox_relay.stats.fetches
         async with XCloudClient(str(client.make_url("")), *credential) as xc:
             await xc.register_customer(DOC_EXAMPLE)
-        await wait_for(lambda: _async(outbox_relay.stats.published == 1), timeout=20)
-    finally:
-        outbox_relay.stop()
-        await task
+        await wait_for(lambda: _async(outbox_relay.stats.published == 1), timeout=10)
+        assert time.monotonic() < idle_until, "published only when the poll came round"
+        assert outbox_relay.stats.fetches > fetches
+    assert client.app[WAKER].sent >= 1
 
 
 async def _async(value):
@@ -323,10 +325,13 @@ async def test_broker_down_writes_go_on_and_events_arrive_after(
     # this test stops and starts it.
     local_kafka = test_services.local_services("xcloud")["kafka"]
     topic_settings = dataclasses.replace(topic_settings, kafka_bootstrap_servers=local_kafka)
-    client = await aiohttp_client(create_app(topic_settings, with_relay=True))
+    client = await aiohttp_client(create_app(topic_settings))
     services_sh = os.path.join(ROOT, "scripts", "services.sh")
     sent: list[str] = []
-    async with XCloudClient(str(client.make_url("")), *credential) as xc:
+    async with (
+        running(relay_config(topic_settings)),
+        XCloudClient(str(client.make_url("")), *credential) as xc,
+    ):
 
         async def register(i: int) -> None:
             cid = make_customer_id(f"Broker{i}")
@@ -347,7 +352,7 @@ async def test_broker_down_writes_go_on_and_events_arrive_after(
             await asyncio.to_thread(subprocess.run, [services_sh, "start", "kafka"], check=True)
         for i in range(40, 45):
             await register(i)
-    await wait_for(lambda: _none_pending(clean_db), timeout=120, interval=0.5)
+        await wait_for(lambda: _none_pending(clean_db), timeout=120, interval=0.5)
     received = await read_topic(
         topic_settings.kafka_bootstrap_servers, topic_settings.topic, until=len(sent)
     )

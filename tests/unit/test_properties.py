@@ -427,3 +427,45 @@ def test_ids_with_a_part_too_long_or_too_short_fail(customer_id: str, data: st.D
     )
     assert not schemas.is_customer_id(bad)
     assert "customerId" in load(put(BASE, "customerId", bad))[1]
+
+
+# --- the plain-ASCII email fast path (issue 16) ---------------------------------------
+
+_ATEXT = string.ascii_letters + string.digits + "!#$%&'*+/=?^_`{|}~-."
+_LABEL = string.ascii_letters + string.digits + "-"
+email_like = st.builds(
+    lambda local, labels, tld: f"{local}@{'.'.join([*labels, tld])}",
+    st.text(st.sampled_from(_ATEXT), min_size=0, max_size=70),
+    st.lists(st.text(st.sampled_from(_LABEL), min_size=0, max_size=65), min_size=0, max_size=4),
+    st.one_of(
+        st.text(st.sampled_from(_LABEL), min_size=0, max_size=6),
+        st.sampled_from(["arpa", "local", "localhost", "onion", "test", "invalid", "com"]),
+    ),
+)
+
+
+@given(email=email_like)
+@settings(PROPERTY, max_examples=3000)
+def test_the_email_fast_path_accepts_only_what_email_validator_accepts(email: str) -> None:
+    from email_validator import EmailNotValidError, validate_email
+
+    if schemas.plain_email_ok(email):
+        try:
+            validate_email(email, check_deliverability=False)
+        except EmailNotValidError as exc:
+            pytest.fail(f"fast path accepted {email!r}, email-validator says {exc}")
+
+
+@pytest.mark.parametrize(
+    ("email", "fast"),
+    [
+        ("ops@acme.example.com", True),
+        ("A.B+c@Sub.Domain.ORG", True),
+        ("ops@bücher.de", False),  # Unicode: email-validator decides (and accepts)
+        ("x@xn--bcher-kva.de", False),  # Punycode: email-validator decides
+        ("x@foo.localhost", False),  # special use: email-validator rejects
+        ("a..b@x.com", False),
+    ],
+)
+def test_the_email_fast_path_leaves_the_rest_to_email_validator(email: str, fast: bool) -> None:
+    assert schemas.plain_email_ok(email) is fast
