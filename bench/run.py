@@ -487,8 +487,14 @@ async def relay_with_history(report: Report, urls, pool, kept, backlog) -> None:
 async def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", choices=["debezium"], help="only the relay against Debezium")
     args = parser.parse_args()
     quick = args.quick
+    from bench import debezium_compare
+
+    if args.only == "debezium":
+        await debezium_compare.compare(quick)
+        return 0
     urls = test_services.local_services("xcloud_bench")
     build_loadgen()
     secret = await test_services.fresh_database(urls, SECRET_KEY, SERVICE_ID)
@@ -518,6 +524,7 @@ async def main() -> int:
     write(report, RESULTS)
     print(f"service/pgbench ratio: {report.service_ratio():.2f}")
     print(f"relay/raw ratio: {report.relay_ratio():.2f}")
+    await debezium_compare.compare(quick)  # prints the relay/debezium lines
     return 0
 
 
