@@ -271,6 +271,7 @@ def debezium_properties(pg: PrivatePostgres, kafka: str, topic: str) -> dict[str
         "snapshot.mode": "no_data",  # the outbox's history is not events to send again
         "skipped.operations": "u,d,t",
         "binary.handling.mode": "bytes",
+        "extended.headers.enabled": "false",  # no __debezium.context.* headers
         # The Outbox Event Router: event id, customer id as the key, the payload bytes
         # (already the CloudEvents JSON) as the value, every type to the one topic.
         "transforms": "outbox,contenttype,dropid",
@@ -442,11 +443,15 @@ class Topic:
     async def count(self) -> int:
         return sum((await self.consumer.end_offsets(self.parts)).values())
 
-    async def wait_for(self, n: int, timeout: float, on_tick=None) -> int:
+    async def wait_for(
+        self, n: int, timeout: float, on_tick=None, pub: Publisher | None = None
+    ) -> int:
         deadline = time.monotonic() + timeout
         while (have := await self.count()) < n:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.name}: {have} of {n} records after {timeout:.0f} s")
+            if pub is not None and pub.proc.poll() is not None:
+                raise RuntimeError(f"{pub.name} exited ({pub.proc.returncode}); see its log")
             if on_tick is not None:
                 await on_tick()
             await asyncio.sleep(0.1)
@@ -507,10 +512,10 @@ async def drain(name: str, pg, kafka, conn, pool, n: int) -> dict[str, Any]:
         async def sample_slot() -> None:
             retained.append(await slot_retained(conn))
 
-        await t.wait_for(1, 300)
+        await t.wait_for(1, 300, pub=pub)
         cpu0 = pub.cpu()
         clean.set()
-        await t.wait_for(n, 900, sample_slot)
+        await t.wait_for(n, 900, sample_slot, pub)
         cpu = pub.cpu() - cpu0
         rss = pub.rss_peak_mib()
         records = await t.read_all()
@@ -547,7 +552,7 @@ async def steady(
             t = await stack.enter_async_context(Topic(kafka, topic))
             pub = await stack.enter_async_context(publishing(name, pg, kafka, topic))
             await fill_outbox(pool, 1)  # warm-up: published once the publisher runs
-            await t.wait_for(1, 300)
+            await t.wait_for(1, 300, pub=pub)
             await conn.execute("TRUNCATE bench_commit")
         log(f"{name or 'no publisher'}: {rate} registrations/s for {seconds} s")
         lsn0 = await conn.fetchval("SELECT pg_current_wal_lsn()")
@@ -629,11 +634,11 @@ async def crash(name: str, pg, kafka, conn, pool, n: int) -> dict[str, Any]:
     log(f"{name}: SIGKILL after {n // 4} of {n} events, then restart")
     async with Topic(kafka, topic) as t:
         async with publishing(name, pg, kafka, topic) as pub:
-            await t.wait_for(n // 4, 300)
+            await t.wait_for(n // 4, 300, pub=pub)
             pub.kill()
             killed_at = await t.count()
-        async with publishing(name, pg, kafka, topic):
-            await t.wait_for(n, 900)
+        async with publishing(name, pg, kafka, topic) as pub:
+            await t.wait_for(n, 900, pub=pub)
             # Every id there once: what came again after the restart is also in by now.
             deadline = time.monotonic() + 120
             while True:

@@ -1,11 +1,8 @@
 package xcloud.bench;
 
-import io.debezium.engine.ChangeEvent;
+import io.debezium.embedded.Connect;
 import io.debezium.engine.DebeziumEngine;
-import io.debezium.engine.Header;
-import io.debezium.engine.format.Binary;
-import io.debezium.engine.format.KeyValueHeaderChangeEventFormat;
-import io.debezium.engine.format.SimpleString;
+import io.debezium.engine.ChangeEvent;
 import java.io.FileInputStream;
 import java.io.InputStream;
 import java.nio.charset.StandardCharsets;
@@ -22,6 +19,8 @@ import org.apache.kafka.clients.producer.ProducerRecord;
 import org.apache.kafka.clients.producer.RecordMetadata;
 import org.apache.kafka.common.header.internals.RecordHeaders;
 import org.apache.kafka.common.serialization.ByteArraySerializer;
+import org.apache.kafka.connect.header.Header;
+import org.apache.kafka.connect.source.SourceRecord;
 
 /**
  * Debezium's embedded engine publishing the project's outbox to Kafka, for the bench.
@@ -30,7 +29,9 @@ import org.apache.kafka.common.serialization.ByteArraySerializer;
  * (prefix stripped), every other key goes to the engine (connector, Outbox Event Router,
  * offsets). The change consumer does what Debezium Server's Kafka sink does: send a batch,
  * wait for every acknowledgement, then mark the batch processed, so an offset is only
- * committed for records the broker holds.
+ * committed for records the broker holds. The records arrive as Connect records, after the
+ * transforms; the key (a string) and the value (the payload's bytes) are written as they
+ * are, as StringConverter and ByteArrayConverter would.
  */
 public final class OutboxDebezium {
     public static void main(String[] args) throws Exception {
@@ -50,18 +51,19 @@ public final class OutboxDebezium {
         KafkaProducer<byte[], byte[]> producer =
                 new KafkaProducer<>(producerProps, new ByteArraySerializer(), new ByteArraySerializer());
 
-        DebeziumEngine.ChangeConsumer<ChangeEvent<String, Object>> sink = (records, committer) -> {
+        DebeziumEngine.ChangeConsumer<ChangeEvent<SourceRecord, SourceRecord>> sink = (records, committer) -> {
             List<Future<RecordMetadata>> acks = new ArrayList<>(records.size());
-            for (ChangeEvent<String, Object> event : records) {
-                if (event.value() == null) {
+            for (ChangeEvent<SourceRecord, SourceRecord> event : records) {
+                SourceRecord record = event.value();
+                if (record.value() == null) {
                     continue; // nothing the router turned into an event
                 }
                 RecordHeaders headers = new RecordHeaders();
-                for (Header<Object> header : event.headers()) {
-                    headers.add(header.getKey(), bytes(header.getValue()));
+                for (Header header : record.headers()) {
+                    headers.add(header.key(), bytes(header.value()));
                 }
                 acks.add(producer.send(new ProducerRecord<>(
-                        event.destination(), null, bytes(event.key()), bytes(event.value()), headers)));
+                        record.topic(), null, bytes(record.key()), bytes(record.value()), headers)));
             }
             for (Future<RecordMetadata> ack : acks) {
                 try {
@@ -71,15 +73,15 @@ public final class OutboxDebezium {
                     throw new RuntimeException("Kafka refused a record", e.getCause());
                 }
             }
-            for (ChangeEvent<String, Object> event : records) {
+            for (ChangeEvent<SourceRecord, SourceRecord> event : records) {
                 committer.markProcessed(event);
             }
             committer.markBatchFinished();
         };
 
         CountDownLatch done = new CountDownLatch(1);
-        DebeziumEngine<ChangeEvent<String, Object>> engine = DebeziumEngine
-                .create(KeyValueHeaderChangeEventFormat.of(SimpleString.class, Binary.class, SimpleString.class))
+        DebeziumEngine<ChangeEvent<SourceRecord, SourceRecord>> engine = DebeziumEngine
+                .create(Connect.class)
                 .using(engineProps)
                 .notifying(sink)
                 .using((success, message, error) -> {
