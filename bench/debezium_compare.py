@@ -59,7 +59,9 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 JAVA_OPTS = os.environ.get("XCLOUD_DEBEZIUM_JAVA_OPTS", "-Xmx512m").split()
 # Engine settings the comparison depends on; anything else is Debezium's default.
 OFFSET_FLUSH_MS = int(os.environ.get("XCLOUD_DEBEZIUM_OFFSET_FLUSH_MS", "1000"))
-POLL_INTERVAL_MS = int(os.environ.get("XCLOUD_DEBEZIUM_POLL_INTERVAL_MS", "500"))
+# poll.interval.ms: Debezium's default (500) and a setting tuned for latency; the steady
+# run measures both, the latency ratio is taken against the better one.
+POLL_INTERVAL_MS = {"debezium": 500, "debezium-fast": 10}
 CLEAN_INTERVAL = 1.0
 CLEAN_CHUNK = 5000
 
@@ -249,14 +251,16 @@ def start_relay(pg: PrivatePostgres, kafka: str, topic: str) -> Publisher:
     return Publisher("relay", proc)
 
 
-def debezium_properties(pg: PrivatePostgres, kafka: str, topic: str) -> dict[str, str]:
+def debezium_properties(
+    pg: PrivatePostgres, kafka: str, topic: str, poll_ms: int = 500
+) -> dict[str, str]:
     return {
         "name": "xcloud-outbox",
         "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
         "offset.storage": "org.apache.kafka.connect.storage.FileOffsetBackingStore",
         "offset.storage.file.filename": str(CACHE / "offsets.dat"),
         "offset.flush.interval.ms": str(OFFSET_FLUSH_MS),
-        "poll.interval.ms": str(POLL_INTERVAL_MS),
+        "poll.interval.ms": str(poll_ms),
         "database.hostname": "127.0.0.1",
         "database.port": str(pg.port),
         "database.user": "postgres",
@@ -299,12 +303,12 @@ def debezium_properties(pg: PrivatePostgres, kafka: str, topic: str) -> dict[str
     }
 
 
-def start_debezium(pg: PrivatePostgres, kafka: str, topic: str) -> Publisher:
+def start_debezium(pg: PrivatePostgres, kafka: str, topic: str, poll_ms: int) -> Publisher:
     props = CACHE / "engine.properties"
     props.write_text(
         "".join(
             f"{k}={v}\n".replace("\\", "\\\\")
-            for k, v in debezium_properties(pg, kafka, topic).items()
+            for k, v in debezium_properties(pg, kafka, topic, poll_ms).items()
         )
     )
     argv = [
@@ -383,8 +387,8 @@ async def publishing(
     fall in the measured time, as the relay's do)."""
     stop = asyncio.Event()
     task = None
-    if name == "debezium":
-        pub = start_debezium(pg, kafka, topic)
+    if name.startswith("debezium"):
+        pub = start_debezium(pg, kafka, topic, POLL_INTERVAL_MS[name])
 
         async def clean_up() -> None:
             if clean is not None:
@@ -495,7 +499,7 @@ def check_records(records: list[tuple[bytes, bytes, list, int]]) -> None:
 async def drain(name: str, pg, kafka, conn, pool, n: int) -> dict[str, Any]:
     from bench.run import fill_outbox
 
-    await reset(conn, slot=name == "debezium")
+    await reset(conn, slot=name.startswith("debezium"))
     await fill_outbox(pool, n)
     await conn.execute("VACUUM ANALYZE outbox")
     sample = {
@@ -539,10 +543,12 @@ async def drain(name: str, pg, kafka, conn, pool, n: int) -> dict[str, Any]:
 async def steady(
     name: str | None, pg, kafka, conn, pool, server, secret, rate: int, seconds: int
 ) -> dict[str, Any]:
-    """One steady registration run: `name` publishing, or nobody (the baseline)."""
+    """One steady registration run: `name` publishing, or nobody (the baseline). A
+    third of the time (at least 3 s) runs first unmeasured, so the JVM has compiled
+    its hot paths and both publishers are measured in their steady state."""
     from bench.run import fill_outbox, loadgen
 
-    await reset(conn, slot=name == "debezium")
+    await reset(conn, slot=name is not None and name.startswith("debezium"))
     result: dict[str, Any] = {}
     topic = f"bench.dbz.steady.{name}.{int(time.time())}"
     async with contextlib.AsyncExitStack() as stack:
@@ -555,6 +561,14 @@ async def steady(
             await t.wait_for(1, 300, pub=pub)
             await conn.execute("TRUNCATE bench_commit")
         log(f"{name or 'no publisher'}: {rate} registrations/s for {seconds} s")
+        await asyncio.to_thread(
+            loadgen, server, secret, "register", 64, max(3, seconds // 3), rate=rate
+        )
+        before = 0
+        if pub is not None:
+            warm = await conn.fetchval("SELECT count(*) FROM bench_commit")
+            before = await t.wait_for(warm + 1, 120, pub=pub)
+        await conn.execute("TRUNCATE bench_commit")
         lsn0 = await conn.fetchval("SELECT pg_current_wal_lsn()")
         pg0, ws0 = pg.cpu()
         cpu0 = pub.cpu() if pub else 0.0
@@ -573,7 +587,7 @@ async def steady(
         pg1, ws1 = pg.cpu()
         wal = await conn.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1)", lsn0)
         if pub is not None:
-            await t.wait_for(committed + 1, 120)
+            await t.wait_for(before + committed, 120, pub=pub)
             result["cpu_s_per_10k"] = (pub.cpu() - cpu0) / committed * 10_000
             result["rss_peak_mib"] = pub.rss_peak_mib()
         stop.set()
@@ -627,7 +641,7 @@ async def crash(name: str, pg, kafka, conn, pool, n: int) -> dict[str, Any]:
     and count what reached the topic twice (and anything that never did)."""
     from bench.run import fill_outbox
 
-    await reset(conn, slot=name == "debezium")
+    await reset(conn, slot=name.startswith("debezium"))
     await fill_outbox(pool, n)
     topic = f"bench.dbz.crash.{name}.{int(time.time())}"
     await create_topic(kafka, topic)
@@ -733,7 +747,7 @@ async def _measure(pg: PrivatePostgres, urls, secret: str, quick: bool) -> dict[
         try:
             report["steady"] = {
                 n or "none": await steady(n, pg, kafka, conn, pool, server, secret, 1000, seconds)
-                for n in (None, *names)
+                for n in (None, *names, "debezium-fast")
             }
         finally:
             base.stop_server(server)
@@ -748,7 +762,8 @@ async def _measure(pg: PrivatePostgres, urls, secret: str, quick: bool) -> dict[
     ).stdout.strip()
     d, s = report["drain"], report["steady"]
     report["throughput_ratio"] = d["relay"]["eps"] / d["debezium"]["eps"]
-    report["p99_ratio"] = s["relay"]["p99_ms"] / s["debezium"]["p99_ms"]
+    best = min(s["debezium"]["p99_ms"], s["debezium-fast"]["p99_ms"])
+    report["p99_ratio"] = s["relay"]["p99_ms"] / best
     return report
 
 
@@ -756,8 +771,7 @@ def table(r: dict[str, Any]) -> str:
     d, s, c = r["drain"], r["steady"], r["crash"]
     base = s["none"]
 
-    def extra(name: str) -> str:
-        x = s[name]
+    def extra(x: dict[str, Any]) -> str:
         return (
             f"PG CPU {x['pg_cpu_s_per_10k'] - base['pg_cpu_s_per_10k']:+.2f} s/10k"
             f" (walsender {x['walsender_cpu_s_per_10k']:.2f}),"
@@ -766,6 +780,11 @@ def table(r: dict[str, Any]) -> str:
         )
 
     both = ("relay", "debezium")
+
+    def fast(cell) -> str:
+        """Debezium at its default poll interval (500 ms), then tuned (10 ms)."""
+        return f"{cell(s['debezium'])} (500 ms poll); {cell(s['debezium-fast'])} (10 ms)"
+
     rows = [
         ("ordering", "per customer (lanes held as advisory locks), also with several relays",
          "commit (LSN) order of the whole table; one connector per slot, so no scale-out"),
@@ -776,15 +795,21 @@ def table(r: dict[str, Any]) -> str:
          " offset storage, an outbox clean-up job, slot monitoring"),
         ("drain events/s", *(f"{d[n]['eps']:,.0f}" for n in ("relay", "debezium"))),
         ("commit-to-publish p50 / p99 at 1,000/s",
-         *(f"{s[n]['p50_ms']:.0f} / {s[n]['p99_ms']:.0f} ms" for n in both)),
-        ("CPU s per 10k events (drain / steady)",
-         *(f"{d[n]['cpu_s_per_10k']:.2f} / {s[n]['cpu_s_per_10k']:.2f}" for n in both)),
-        ("peak RSS (drain / steady)",
-         *(f"{d[n]['rss_peak_mib']:.0f} / {s[n]['rss_peak_mib']:.0f} MiB" for n in both)),
-        ("WAL held by the slot, peak (drain / steady)", "none (no slot)",
-         f"{d['debezium']['slot_retained_peak_mib']:.0f}"
-         f" / {s['debezium']['slot_retained_peak_mib']:.0f} MiB"),
-        ("extra load on writes (vs no publisher)", extra("relay"), extra("debezium")),
+         f"{s['relay']['p50_ms']:.0f} / {s['relay']['p99_ms']:.0f} ms", fast(
+             lambda x: f"{x['p50_ms']:.0f} / {x['p99_ms']:.0f} ms")),
+        ("CPU s per 10k events: drain; steady",
+         f"{d['relay']['cpu_s_per_10k']:.2f}; {s['relay']['cpu_s_per_10k']:.2f}",
+         f"{d['debezium']['cpu_s_per_10k']:.2f}; "
+         + fast(lambda x: f"{x['cpu_s_per_10k']:.2f}")),
+        ("peak RSS: drain; steady",
+         f"{d['relay']['rss_peak_mib']:.0f}; {s['relay']['rss_peak_mib']:.0f} MiB",
+         f"{d['debezium']['rss_peak_mib']:.0f}; "
+         + fast(lambda x: f"{x['rss_peak_mib']:.0f} MiB")),
+        ("WAL held by the slot, peak: drain; steady", "none (no slot)",
+         f"{d['debezium']['slot_retained_peak_mib']:.0f} MiB; "
+         + fast(lambda x: f"{x['slot_retained_peak_mib']:.0f} MiB")),
+        ("extra load on writes (vs no publisher)", extra(s["relay"]),
+         fast(extra)),
     ]  # fmt: skip
     lines = ["| | relay | Debezium |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c_} |" for a, b, c_ in rows]
@@ -805,8 +830,8 @@ def write(report: dict[str, Any], quick: bool) -> None:
         f"relay/debezium p99 latency ratio: {report['p99_ratio']:.2f}",
         "",
         f"Debezium {report['debezium']['version']}, offset flush"
-        f" {report['debezium']['offset_flush_ms']} ms, poll interval"
-        f" {report['debezium']['poll_interval_ms']} ms, JVM {report['debezium']['java_opts']}.",
+        f" {report['debezium']['offset_flush_ms']} ms, JVM {report['debezium']['java_opts']};"
+        " the drain and the crash ran at the default poll interval.",
         f"Load: before `{report['uptime_before']}`; after `{report['uptime_after']}`"
         " (the machine's 2 cores were shared with other sessions).",
         "",
