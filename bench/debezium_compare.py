@@ -824,6 +824,8 @@ def write(report: dict[str, Any], quick: bool) -> None:
     md = [
         f"# relay against Debezium ({'quick' if quick else 'full'} run, {report['when']})",
         "",
+        f"Run {report['when']}; Debezium embedded engine, same machine, same outbox rows.",
+        "",
         table(report),
         "",
         f"relay/debezium throughput ratio: {report['throughput_ratio']:.2f}",
@@ -838,3 +840,20 @@ def write(report: dict[str, Any], quick: bool) -> None:
     ]
     (out / f"{stem}.md").write_text("\n".join(md))
     print(table(report), file=sys.stderr)
+    if not quick:  # the READMEs quote full runs only
+        for readme in (ROOT / "README.md", ROOT / "bench" / "README.md"):
+            quote(readme, "\n".join(md[2:]))
+
+
+README_START = "<!-- bench-debezium:start -->"
+README_END = "<!-- bench-debezium:end -->"
+
+
+def quote(readme: Path, text: str) -> None:
+    """Put `text` between the markers of `readme` (left alone when it has none)."""
+    current = readme.read_text()
+    start, end = current.find(README_START), current.find(README_END)
+    if start < 0 or end < start:
+        return
+    head = current[: start + len(README_START)]
+    readme.write_text(f"{head}\n{text.strip()}\n{current[end:]}")
