@@ -636,21 +636,25 @@ async def steady(
     return result
 
 
-async def crash(name: str, pg, kafka, conn, pool, n: int) -> dict[str, Any]:
-    """SIGKILL the publisher a quarter of the way through a backlog, start it again,
-    and count what reached the topic twice (and anything that never did)."""
+async def crash(name: str, pg, kafka, conn, pool, n: int, kills: int = 3) -> dict[str, Any]:
+    """SIGKILL the publisher `kills` times while it works through a backlog (after a
+    quarter, a half, three quarters of it), start it again each time, and count what
+    reached the topic twice (and anything that never did). One kill alone says little:
+    what is in flight at the moment of the kill varies from one to the next."""
     from bench.run import fill_outbox
 
     await reset(conn, slot=name.startswith("debezium"))
     await fill_outbox(pool, n)
     topic = f"bench.dbz.crash.{name}.{int(time.time())}"
     await create_topic(kafka, topic)
-    log(f"{name}: SIGKILL after {n // 4} of {n} events, then restart")
+    log(f"{name}: {kills} SIGKILLs while publishing {n} events, a restart after each")
+    killed_at = []
     async with Topic(kafka, topic) as t:
-        async with publishing(name, pg, kafka, topic) as pub:
-            await t.wait_for(n // 4, 300, pub=pub)
-            pub.kill()
-            killed_at = await t.count()
+        for k in range(1, kills + 1):
+            async with publishing(name, pg, kafka, topic) as pub:
+                await t.wait_for(n * k // (kills + 1), 300, pub=pub)
+                pub.kill()
+                killed_at.append(await t.count())
         async with publishing(name, pg, kafka, topic) as pub:
             await t.wait_for(n, 900, pub=pub)
             # Every id there once: what came again after the restart is also in by now.
@@ -666,6 +670,7 @@ async def crash(name: str, pg, kafka, conn, pool, n: int) -> dict[str, Any]:
     unique = len({event_id(v) for _, v, _, _ in records})
     return {
         "rows": n,
+        "kills": kills,
         "at_kill": killed_at,
         "records": len(records),
         "duplicates": len(records) - unique,
@@ -788,15 +793,17 @@ def table(r: dict[str, Any]) -> str:
     rows = [
         ("ordering", "per customer (lanes held as advisory locks), also with several relays",
          "commit (LSN) order of the whole table; one connector per slot, so no scale-out"),
-        ("duplicates after SIGKILL (measured)",
-         *(f"{c[n]['duplicates']} of {c[n]['rows']} ({c[n]['lost']} lost)" for n in both)),
+        ("duplicates after SIGKILL under a backlog (measured)",
+         *(f"{c[n]['duplicates']:,} in {c[n]['rows']:,} events after {c[n]['kills']} kills"
+           f" ({c[n]['lost']} lost)" for n in both)),
         ("set-up needed", "the outbox table; one more process (`xcloud relay`)",
          "wal_level=logical (restart), slot + publication (REPLICATION), a JVM + 38 MB of jars,"
          " offset storage, an outbox clean-up job, slot monitoring"),
         ("drain events/s", *(f"{d[n]['eps']:,.0f}" for n in ("relay", "debezium"))),
-        ("commit-to-publish p50 / p99 at 1,000/s",
-         f"{s['relay']['p50_ms']:.0f} / {s['relay']['p99_ms']:.0f} ms", fast(
-             lambda x: f"{x['p50_ms']:.0f} / {x['p99_ms']:.0f} ms")),
+        ("commit-to-publish p50 / p99 at 1,000/s (achieved)",
+         f"{s['relay']['p50_ms']:.0f} / {s['relay']['p99_ms']:.0f} ms"
+         f" ({s['relay']['achieved_rps']:.0f}/s)", fast(
+             lambda x: f"{x['p50_ms']:.0f} / {x['p99_ms']:.0f} ms ({x['achieved_rps']:.0f}/s)")),
         ("CPU s per 10k events: drain; steady",
          f"{d['relay']['cpu_s_per_10k']:.2f}; {s['relay']['cpu_s_per_10k']:.2f}",
          f"{d['debezium']['cpu_s_per_10k']:.2f}; "
