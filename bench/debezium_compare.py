@@ -493,14 +493,39 @@ def check_records(records: list[tuple[bytes, bytes, list, int]]) -> None:
             raise AssertionError(f"unexpected headers {headers!r}")
 
 
+async def backlog(pool: asyncpg.Pool, n: int, per_transaction: int = 100) -> None:
+    """n pending rows of n customers, like bench/run.py's fill_outbox, but committed
+    `per_transaction` at a time: logical decoding sends and Debezium resumes by
+    transaction, so one 200,000-row transaction would be a backlog no service writes."""
+    from bench.run import DOC_EXAMPLE, Limits, customers, events
+
+    now = customers.utc_now()
+    data = customers.mutable_fields(DOC_EXAMPLE, Limits().as_json())
+    rep = customers.representation("FST-12345678-TEMPLATE", "ACTIVE", data, now, now)
+    _, payload = events.envelope(events.REGISTERED, rep, now)
+    for first in range(0, n, per_transaction):
+        await pool.execute(
+            """
+            INSERT INTO outbox (event_id, event_type, customer_id, lane, payload)
+            SELECT e.id, 'CustomerRegistered', e.cust, abs(hashtext(e.cust)) % 32,
+                   convert_to(replace(replace($3, 'FST-12345678-TEMPLATE', e.cust),
+                                      $4, e.id::text), 'UTF8')
+            FROM (SELECT gen_random_uuid() AS id, 'FST-12345678-r' || i AS cust
+                  FROM generate_series($1 + 1, $2) AS i) e
+            """,
+            first,
+            min(n, first + per_transaction),
+            payload.decode(),
+            orjson.loads(payload)["id"],
+        )
+
+
 # --- the measurements ---------------------------------------------------------------------
 
 
 async def drain(name: str, pg, kafka, conn, pool, n: int) -> dict[str, Any]:
-    from bench.run import fill_outbox
-
     await reset(conn, slot=name.startswith("debezium"))
-    await fill_outbox(pool, n)
+    await backlog(pool, n)
     await conn.execute("VACUUM ANALYZE outbox")
     sample = {
         str(r["event_id"]): bytes(r["payload"])
@@ -548,7 +573,7 @@ async def steady(
     takes tens of seconds to compile its hot paths (its CPU per event falls about
     threefold over the first 40 s), and a long-running publisher is judged by its
     steady state."""
-    from bench.run import fill_outbox, loadgen
+    from bench.run import loadgen
 
     await reset(conn, slot=name is not None and name.startswith("debezium"))
     result: dict[str, Any] = {}
@@ -559,7 +584,7 @@ async def steady(
             await create_topic(kafka, topic)
             t = await stack.enter_async_context(Topic(kafka, topic))
             pub = await stack.enter_async_context(publishing(name, pg, kafka, topic))
-            await fill_outbox(pool, 1)  # warm-up: published once the publisher runs
+            await backlog(pool, 1)  # warm-up: published once the publisher runs
             await t.wait_for(1, 300, pub=pub)
             await conn.execute("TRUNCATE bench_commit")
         log(f"{name or 'no publisher'}: {rate} registrations/s for {seconds} s")
@@ -641,10 +666,8 @@ async def crash(name: str, pg, kafka, conn, pool, n: int, kills: int = 3) -> dic
     quarter, a half, three quarters of it), start it again each time, and count what
     reached the topic twice (and anything that never did). One kill alone says little:
     what is in flight at the moment of the kill varies from one to the next."""
-    from bench.run import fill_outbox
-
     await reset(conn, slot=name.startswith("debezium"))
-    await fill_outbox(pool, n)
+    await backlog(pool, n)
     topic = f"bench.dbz.crash.{name}.{int(time.time())}"
     await create_topic(kafka, topic)
     log(f"{name}: {kills} SIGKILLs while publishing {n} events, a restart after each")
