@@ -6,13 +6,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: help install run test bench faults attack lint format services stop status clean \
-	dist compose-test testcontainers-test docker-stop
+.PHONY: help install run test bench bench-debezium faults attack lint format services stop \
+	status clean dist compose-test testcontainers-test docker-stop
 
 help:
 	@echo "make run      start PostgreSQL + Kafka locally, migrate, create a dev credential, serve"
 	@echo "make test     the whole suite against real PostgreSQL and Kafka"
 	@echo "make bench    benchmarks (QUICK=1 for the 5-minute version)"
+	@echo "make bench-debezium  only the relay against Debezium (QUICK=1 shorter)"
 	@echo "make faults   fault injection under load; table in docs/reliability.md"
 	@echo "make attack   slow headers and bad signatures by strangers; figures in docs/reliability.md"
 	@echo "make lint     ruff check + format check"
@@ -44,6 +45,13 @@ bench: install
 	@command -v go >/dev/null || { echo "bench needs Go (apt-get install golang)"; exit 1; }
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[test,tools,bench]'
 	$(BIN)/python bench/run.py $(if $(QUICK),--quick,)
+
+# The relay against Debezium alone (about 12 minutes; QUICK=1: about 5). Needs Java and
+# Maven besides Go; `make bench QUICK=1` skips this part, saying so, when they are missing.
+bench-debezium: install
+	@command -v go >/dev/null || { echo "bench needs Go (apt-get install golang)"; exit 1; }
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test,tools,bench]'
+	$(BIN)/python bench/run.py --only debezium $(if $(QUICK),--quick,)
 
 # Every fault scenario (a few minutes); the fast ones also run in `make test`.
 faults: install

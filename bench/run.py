@@ -559,8 +559,14 @@ async def relay_with_history(report: Report, urls, pool, kept, backlog) -> None:
 async def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", choices=["debezium"], help="only the relay against Debezium")
     args = parser.parse_args()
     quick = args.quick
+    from bench import debezium_compare
+
+    if args.only == "debezium":
+        await debezium_compare.compare(quick)
+        return 0
     urls = test_services.local_services("xcloud_bench")
     build_loadgen()
     secret = await test_services.fresh_database(urls, SECRET_KEY, SERVICE_ID)
@@ -612,6 +618,7 @@ async def main() -> int:
     print(f"commit-to-publish p99 ms: {report.latency['p99_ms']:.1f}")
     print(f"relay/raw ratio: {report.relay_ratio():.2f}")
     print("\n".join(keys_bench.lines(keys)))
+    await debezium_compare.compare(quick)  # prints the relay/debezium lines
     return 0
 
 
