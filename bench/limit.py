@@ -24,7 +24,8 @@ def _literal(text: str) -> str:
 
 
 def minimal_script(service_id: str) -> str:
-    """One statement: nonce, customer and outbox row, same values as the service's."""
+    """One statement: nonce, customer, its two API key rows and the outbox row, with the
+    service's values."""
     now = customers.utc_now()
     data = customers.mutable_fields(DOC_EXAMPLE, Limits().as_json())
     representation = customers.representation(DOC_EXAMPLE["customerId"], "ACTIVE", data, now, now)
@@ -37,12 +38,12 @@ def minimal_script(service_id: str) -> str:
         VALUES ({_literal(service_id)}, gen_random_uuid()::text,
                 now() + make_interval(secs => {credentials.NONCE_TTL_SECONDS}))),
     customer AS (
-        INSERT INTO customers (customer_id, status, data, created_at, updated_at,
-                               primary_key_hash, secondary_key_hash)
-        SELECT cid, 'ACTIVE', {_literal(json.dumps(data))}::jsonb, now(), now(),
-               sha256(convert_to(gen_random_uuid()::text, 'UTF8')),
-               sha256(convert_to(gen_random_uuid()::text, 'UTF8'))
-        FROM k)
+        INSERT INTO customers (customer_id, status, data, created_at, updated_at)
+        SELECT cid, 'ACTIVE', {_literal(json.dumps(data))}::jsonb, now(), now() FROM k),
+    api_keys AS (
+        INSERT INTO api_keys (key_hash, customer_id, slot, created_at)
+        SELECT sha256(convert_to(gen_random_uuid()::text, 'UTF8')), cid, slot, now()
+        FROM k, (VALUES ('primary'), ('secondary')) AS slots (slot))
     INSERT INTO outbox (event_id, event_type, customer_id, lane, payload)
     SELECT gen_random_uuid(), 'CustomerRegistered', cid, (random() * 31)::int,
            convert_to({_literal(json.dumps(json.loads(payload)))}, 'UTF8')
