@@ -44,7 +44,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.events import CONTENT_TYPE  # noqa: E402
+from service.domain.events import CONTENT_TYPE  # noqa: E402
 
 SRC = ROOT / "bench" / "debezium"
 CACHE = ROOT / ".cache" / "debezium"

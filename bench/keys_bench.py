@@ -30,8 +30,9 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service import api_keys, customers  # noqa: E402
 from service.config import Limits  # noqa: E402
+from service.db import api_keys  # noqa: E402
+from service.domain import customer  # noqa: E402
 from tests.helpers import DOC_EXAMPLE  # noqa: E402
 
 KEYED_CUSTOMERS = 20_000
@@ -40,7 +41,7 @@ KEYED_CUSTOMERS = 20_000
 async def seed_keys(pool: asyncpg.Pool, count: int) -> tuple[list[str], list[str]]:
     """`count` customers with real keys, written directly (the route under test is
     verification, not registration); (primary keys, customer ids)."""
-    data = orjson.dumps(customers.mutable_fields(DOC_EXAMPLE, Limits().as_json())).decode()
+    data = orjson.dumps(customer.mutable_fields(DOC_EXAMPLE, Limits().as_json())).decode()
     ids = [f"FST-12345678-vk{i}" for i in range(count)]
     keys = [(api_keys.new_key(), api_keys.new_key()) for _ in ids]
     await pool.execute("DELETE FROM api_keys WHERE customer_id LIKE 'FST-12345678-vk%'")
@@ -54,7 +55,7 @@ async def seed_keys(pool: asyncpg.Pool, count: int) -> tuple[list[str], list[str
         "api_keys",
         columns=["key_hash", "customer_id", "slot", "created_at"],
         records=[
-            (api_keys.key_hash(k), i, slot, customers.utc_now())
+            (api_keys.key_hash(k), i, slot, customer.utc_now())
             for i, pair in zip(ids, keys, strict=True)
             for slot, k in zip(api_keys.SLOTS, pair, strict=True)
         ],

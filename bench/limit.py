@@ -14,8 +14,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from service import credentials, customers, events
+from service.auth import credentials
 from service.config import Limits
+from service.domain import customer, events
 from tests.helpers import DOC_EXAMPLE
 
 
@@ -26,9 +27,9 @@ def _literal(text: str) -> str:
 def minimal_script(service_id: str) -> str:
     """One statement: nonce, customer, its two API key rows and the outbox row, with the
     service's values."""
-    now = customers.utc_now()
-    data = customers.mutable_fields(DOC_EXAMPLE, Limits().as_json())
-    representation = customers.representation(DOC_EXAMPLE["customerId"], "ACTIVE", data, now, now)
+    now = customer.utc_now()
+    data = customer.mutable_fields(DOC_EXAMPLE, Limits().as_json())
+    representation = customer.representation(DOC_EXAMPLE["customerId"], "ACTIVE", data, now, now)
     _, payload = events.envelope(events.REGISTERED, representation, now)
     # ": " rather than ":" in the JSON: pgbench reads ":name" as one of its variables.
     sql = f"""

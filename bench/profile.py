@@ -29,11 +29,11 @@ PARTS = {
     "email-validator": ("email_validator/",),
     "asyncpg (pool, protocol)": ("asyncpg/",),
     "aiohttp (HTTP parsing, responses)": ("aiohttp/",),
-    "HMAC / MD5 auth": ("service/auth.py",),
-    "handlers": ("service/handlers.py",),
+    "HMAC / MD5 auth": ("service/auth/signing.py",),
+    "handlers": ("service/api/handlers.py",),
     "logging (access log)": ("logging/", "pythonjsonlogger/", "service/logs.py"),
     "prometheus metrics": ("prometheus_client/",),
-    "orjson / events / customers": ("service/events.py", "service/customers.py"),
+    "orjson / events / customers": ("service/domain/events.py", "service/domain/customer.py"),
     "event loop (uvloop, idle)": ("uvloop/",),
 }
 

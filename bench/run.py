@@ -46,8 +46,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import limit  # noqa: E402
-from service import customers, events, store  # noqa: E402
 from service.config import Limits  # noqa: E402
+from service.db import customers  # noqa: E402
+from service.domain import customer, events  # noqa: E402
 from tests import services as test_services  # noqa: E402
 from tests.helpers import DOC_EXAMPLE, free_port  # noqa: E402
 
@@ -198,9 +199,9 @@ def loadgen(
 def pgbench_script() -> str:
     """store's registration statement, its parameters replaced by SQL expressions
     that make a new customer, nonce and event each time (pgbench has no strings)."""
-    now = customers.utc_now()
-    data = customers.mutable_fields(DOC_EXAMPLE, Limits().as_json())
-    representation = customers.representation(DOC_EXAMPLE["customerId"], "ACTIVE", data, now, now)
+    now = customer.utc_now()
+    data = customer.mutable_fields(DOC_EXAMPLE, Limits().as_json())
+    representation = customer.representation(DOC_EXAMPLE["customerId"], "ACTIVE", data, now, now)
     _, payload = events.envelope(events.REGISTERED, representation, now)
 
     def literal(text: str) -> str:
@@ -220,7 +221,7 @@ def pgbench_script() -> str:
         10: "(random() * 31)::int",
         11: "convert_to(" + literal(json.dumps(json.loads(payload))) + ", 'UTF8')",
     }
-    sql = re.sub(r"\$(\d+)(::\w+)?", lambda m: values[int(m.group(1))], store._REGISTER_SQL)
+    sql = re.sub(r"\$(\d+)(::\w+)?", lambda m: values[int(m.group(1))], customers._REGISTER_SQL)
     return " ".join(sql.split()) + ";\n"
 
 
@@ -265,10 +266,10 @@ def pgbench(urls: dict[str, str], concurrency: int, seconds: float) -> dict[str,
 
 
 async def fill_outbox(pool: asyncpg.Pool, n: int, *, published: bool = False) -> None:
-    """n outbox rows holding real CustomerRegistered events of n customers."""
-    now = customers.utc_now()
-    data = customers.mutable_fields(DOC_EXAMPLE, Limits().as_json())
-    rep = customers.representation("FST-12345678-TEMPLATE", "ACTIVE", data, now, now)
+    """n outbox rows holding real CustomerRegistered events of n customer."""
+    now = customer.utc_now()
+    data = customer.mutable_fields(DOC_EXAMPLE, Limits().as_json())
+    rep = customer.representation("FST-12345678-TEMPLATE", "ACTIVE", data, now, now)
     _, payload = events.envelope(events.REGISTERED, rep, now)
     template = payload.decode()
     await pool.execute(
@@ -504,7 +505,7 @@ async def seed_customers(pool: asyncpg.Pool, total: int) -> None:
     have = await pool.fetchval(
         "SELECT count(*) FROM customers WHERE customer_id LIKE 'FST-12345678-g%'"
     )
-    data = orjson.dumps(customers.mutable_fields(DOC_EXAMPLE, Limits().as_json())).decode()
+    data = orjson.dumps(customer.mutable_fields(DOC_EXAMPLE, Limits().as_json())).decode()
     await pool.execute(
         """INSERT INTO customers (customer_id, status, data, created_at, updated_at)
            SELECT 'FST-12345678-g' || i, (ARRAY['ACTIVE','INACTIVE','SUSPENDED'])[1 + i % 3],

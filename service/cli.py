@@ -10,7 +10,10 @@ import sys
 import asyncpg
 from aiokafka.errors import KafkaError
 
-from service import config, credentials, customer_cli, db, logs
+from service import config, logs
+from service.auth import credentials
+from service.db import connect
+from service.tools import customer_cli
 
 _SERVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -38,8 +41,8 @@ def _positive(value: str) -> int:
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = _settings()
     try:
-        applied = asyncio.run(db.migrate(settings.database_url))
-    except db.NoMigrations as exc:
+        applied = asyncio.run(connect.migrate(settings.database_url))
+    except connect.NoMigrations as exc:
         print(f"xcloud: migrate: {exc}; the package is incomplete: reinstall it", file=sys.stderr)
         return 2
     print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
@@ -82,7 +85,7 @@ def cmd_relay(args: argparse.Namespace) -> int:
 
 
 async def _with_conn(dsn: str, work):
-    conn = await db.wait_for(lambda: asyncpg.connect(dsn), "PostgreSQL")
+    conn = await connect.wait_for(lambda: asyncpg.connect(dsn), "PostgreSQL")
     try:
         return await work(conn)
     finally:

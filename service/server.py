@@ -24,8 +24,8 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from service import httpserver
-from service.app import create_app, create_ops_app
+from service.api import httpserver
+from service.api.app import create_app, create_ops_app
 from service.config import Settings
 
 log = logging.getLogger("xcloud.server")

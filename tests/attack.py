@@ -30,8 +30,8 @@ from pathlib import Path
 
 import asyncpg
 
-from service import auth
-from service.client import XCloudClient
+from service.auth import signing
+from service.tools.client import XCloudClient
 from tests.helpers import DOC_EXAMPLE, free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -251,13 +251,13 @@ async def bad_signatures(
     get_path = f"{PATH}/{DOC_EXAMPLE['customerId']}"
 
     async def legit(http, _i):
-        headers = auth.sign_request(
+        headers = signing.sign_request(
             service_id=credential[0], secret=credential[1], method="GET", path_and_query=get_path
         )
         return http.get(get_path, headers=headers)
 
     async def stranger(http, _i):
-        headers = auth.sign_request(
+        headers = signing.sign_request(
             service_id="svc-" + secrets.token_hex(8),  # a new made-up id every time
             secret=secrets.token_urlsafe(32),
             method="POST",

@@ -9,9 +9,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from service import config, credentials, db, httpserver
-from service.app import create_app
-from service.client import XCloudClient
+from service import config
+from service.api import httpserver
+from service.api.app import create_app
+from service.auth import credentials
+from service.db import connect
+from service.tools.client import XCloudClient
 from tests import services as services_mod
 
 SECRET_KEY = "test-secret-key-" + "k" * 32
@@ -65,8 +68,8 @@ def settings(services: services_mod.Services) -> config.Settings:
 
 @pytest.fixture(scope="session")
 async def pool(settings: config.Settings) -> AsyncIterator[asyncpg.Pool]:
-    await db.migrate(settings.database_url)
-    p = await db.create_pool(settings.database_url, size=5)
+    await connect.migrate(settings.database_url)
+    p = await connect.create_pool(settings.database_url, size=5)
     yield p
     await p.close()
 

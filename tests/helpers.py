@@ -123,10 +123,10 @@ def signed_json(
     method: str = "POST",
 ) -> dict[str, str]:
     """The auth headers (and Content-Type) of a JSON request, for tests that send it raw."""
-    from service import auth
+    from service.auth import signing
 
     service_id, secret = credential
-    return auth.sign_request(
+    return signing.sign_request(
         service_id=service_id,
         secret=secret,
         method=method,

@@ -160,13 +160,14 @@ def local_services(database: str) -> dict[str, str]:
 
 async def fresh_database(urls: dict[str, str], secret_key: str, service_id: str) -> str:
     """Drop and create the working database, migrate it, add one credential; its secret."""
-    from service import credentials, db
+    from service.auth import credentials
+    from service.db import connect
 
     name = urlsplit(urls["db"]).path.lstrip("/")  # a multi-host URL may carry a query
     await _admin(
         urls["base"], f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name}"
     )
-    await db.migrate(urls["db"])
+    await connect.migrate(urls["db"])
     import asyncpg
 
     conn = await asyncpg.connect(urls["db"])

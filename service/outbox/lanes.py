@@ -14,7 +14,7 @@ import time
 
 import asyncpg
 
-from service.customers import LANES
+from service.domain.customer import LANES
 
 LANE_LOCK = 2_019_781_732  # advisory lock class of the lanes ("xcld")
 MEMBER_LOCK = LANE_LOCK + 1  # every live relay holds this one shared: the head count

@@ -29,7 +29,7 @@ from aiokafka.errors import (
     for_code,
 )
 
-from service.events import CONTENT_TYPE
+from service.domain.events import CONTENT_TYPE
 
 log = logging.getLogger("xcloud.relay")
 

@@ -19,8 +19,9 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from service import db, metrics, store
+from service import metrics
 from service.config import Settings
+from service.db import connect, customers
 from service.outbox import producer as kafka
 from service.outbox import retention
 from service.outbox.lanes import Lanes
@@ -232,7 +233,7 @@ class Relay:
                 # backoff and sends again from the oldest unacknowledged row.
                 await self._drop_producer()
             self._set_state("broker unavailable", exc.error)
-        elif isinstance(exc, (*db.UNAVAILABLE, asyncpg.PostgresConnectionError)):
+        elif isinstance(exc, (*connect.UNAVAILABLE, asyncpg.PostgresConnectionError)):
             await self._drop_db()
             self._set_state("database unavailable", exc)
         else:
@@ -323,7 +324,7 @@ class Relay:
             return []
         self.stats.fetches += 1
         return await self._conn.fetch(
-            store.FETCH_PENDING_SQL, sorted(self._lanes.held), in_flight, self.config.batch_size
+            customers.FETCH_PENDING_SQL, sorted(self._lanes.held), in_flight, self.config.batch_size
         )
 
     async def _send(self, rows: list[asyncpg.Record]) -> Flight:
@@ -357,22 +358,22 @@ class Relay:
             # Deleting is several times cheaper than marking: an UPDATE writes a new copy
             # of the row (payload included) and its index entries; see docs/relay.md.
             done_sql = (
-                store.MARK_PUBLISHED_SQL
+                customers.MARK_PUBLISHED_SQL
                 if self.config.retention_seconds
-                else store.DELETE_ACKNOWLEDGED_SQL
+                else customers.DELETE_ACKNOWLEDGED_SQL
             )
             await self._conn.execute(done_sql, result.acked)
             self.stats.published += len(result.acked)
             metrics.PUBLISHED.inc(len(result.acked))
         for row_id, exc in result.dead:
             log.error("outbox row %d dead-lettered: %s", row_id, type(exc).__name__)
-            await self._conn.execute(store.DEAD_LETTER_SQL, row_id, _describe(exc))
+            await self._conn.execute(customers.DEAD_LETTER_SQL, row_id, _describe(exc))
             self.stats.dead_lettered += 1
             metrics.DEAD_LETTERED.inc()
         if result.error is not None:
             if result.pending:
                 await self._conn.execute(
-                    store.RECORD_FAILURE_SQL, result.pending, _describe(result.error)
+                    customers.RECORD_FAILURE_SQL, result.pending, _describe(result.error)
                 )
             assert result.failure is not None
             raise BrokerFailed(result.error, result.failure)

@@ -34,8 +34,8 @@ import aiohttp
 import asyncpg
 import orjson
 
-from service import customers
-from service.client import XCloudClient, signing_session
+from service.domain import customer
+from service.tools.client import XCloudClient, signing_session
 from tests import services as test_services
 from tests.helpers import example, free_port
 from tests.kafka import by_subject, first_occurrences, read_topic
@@ -379,7 +379,7 @@ def _check_stream(verdict: Verdict, cid: str, stream: list, row, acked: list[int
     elif updates > row["version"] - 1:
         verdict.invented += updates - (row["version"] - 1)
         verdict.problem(f"{cid}: {updates} update events, version {row['version']}")
-    truth = customers.representation(
+    truth = customer.representation(
         cid, row["status"], orjson.loads(row["data"]), row["created_at"], row["updated_at"]
     )
     if stream[-1].event["data"] != truth:

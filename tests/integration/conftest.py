@@ -7,8 +7,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from service import config
-from service.app import create_app
-from service.client import XCloudClient
+from service.api.app import create_app
+from service.tools.client import XCloudClient
 from tests.conftest import SECRET_KEY
 from tests.helpers import TcpProxy
 

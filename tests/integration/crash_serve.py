@@ -15,10 +15,11 @@ import os
 import signal
 import sys
 
-from service import cli, idempotency
+from service import cli
+from service.usecases import unit_of_work
 
 MODE = os.environ["XCLOUD_TEST_KILL"]
-_write_transaction = idempotency.write_transaction
+_write_transaction = unit_of_work.write_transaction
 
 
 def _die() -> None:
@@ -42,7 +43,7 @@ async def write_transaction(pool, answers, scope, effects, combined=None):
     return response
 
 
-idempotency.write_transaction = write_transaction
+unit_of_work.write_transaction = write_transaction
 
 if __name__ == "__main__":
     sys.exit(cli.main(sys.argv[1:]))

@@ -9,9 +9,9 @@ import uuid
 import asyncpg
 import pytest
 
-from service import api_keys
-from service.client import NotFound
+from service.db import api_keys
 from service.outbox import relay
+from service.tools.client import NotFound
 from tests.helpers import DOC_EXAMPLE, example, row_counts
 from tests.integration.test_relay import running
 from tests.kafka import read_topic

@@ -16,9 +16,9 @@ from types import SimpleNamespace
 import aiohttp
 import pytest
 
-from service import auth, credentials
-from service.app import create_app
-from service.client import XCloudClient, make_customer_id
+from service.api.app import create_app
+from service.auth import credentials, signing
+from service.tools.client import XCloudClient, make_customer_id
 from tests import attack as attacks
 from tests.helpers import DOC_EXAMPLE, example, free_port, row_counts, signed_json
 
@@ -176,7 +176,7 @@ async def test_another_services_secret_does_not_work(api, clean_db, settings):
 
 
 async def test_oversized_headers_are_refused_without_a_crash(api, credential, clean_db):
-    headers = auth.sign_request(
+    headers = signing.sign_request(
         service_id=credential[0], secret=credential[1], method="GET", path_and_query=PATH
     )
     headers["X-Padding"] = "x" * 100_000
@@ -262,7 +262,7 @@ def no_errors_logged(caplog) -> None:
 
 
 def signed_post(credential, body: bytes, content_type: str = "application/json"):
-    signed = auth.sign_request(
+    signed = signing.sign_request(
         service_id=credential[0],
         secret=credential[1],
         method="POST",
@@ -288,7 +288,7 @@ async def test_a_content_type_not_in_printable_ascii_is_auth_required_not_500(
     assert await row_counts(clean_db) == (0, 0)
 
 
-@pytest.mark.parametrize("header", auth.SIGNED_HEADERS)
+@pytest.mark.parametrize("header", signing.SIGNED_HEADERS)
 async def test_any_auth_header_with_a_byte_over_0x7f_is_auth_required(
     api, credential, clean_db, caplog, header
 ):
@@ -304,7 +304,7 @@ async def test_any_auth_header_with_a_byte_over_0x7f_is_auth_required(
 
 # Content-Type twice never reaches authentication: aiohttp's parser refuses it first, as
 # conflicting framing (400 BAD_REQUEST, in PARSER_REFUSALS below).
-@pytest.mark.parametrize("header", [h for h in auth.SIGNED_HEADERS if h != "Content-Type"])
+@pytest.mark.parametrize("header", [h for h in signing.SIGNED_HEADERS if h != "Content-Type"])
 async def test_an_auth_header_sent_twice_is_auth_required(api, credential, clean_db, header):
     body = json.dumps(DOC_EXAMPLE).encode()
     headers = signed_post(credential, body)
@@ -368,7 +368,7 @@ async def test_head_takes_100_ids_of_the_longest_form(api, credential, clean_db)
     ids = [LONGEST_ID.format(n) for n in range(100)]
     target = f"{PATH}/{','.join(ids)}"
     assert len(f"HEAD {target} HTTP/1.1") > 8190  # over aiohttp's default limit
-    signed = auth.sign_request(
+    signed = signing.sign_request(
         service_id=credential[0], secret=credential[1], method="HEAD", path_and_query=target
     )
     status, headers, body = await raw(api, "HEAD", target, list(signed.items()))

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from service import auth, credentials
-from service.app import create_app
-from service.client import XCloudClient
+from service.api.app import create_app
+from service.auth import credentials, signing
+from service.tools.client import XCloudClient
 from tests.helpers import DOC_EXAMPLE, row_counts
 
 PATH = "/xcloud/v1/customers"
@@ -26,7 +26,7 @@ def signed(service_id: str, secret: str, **overrides) -> dict[str, str]:
         "content_type": "application/json",
     }
     args.update(overrides)
-    return auth.sign_request(**args)
+    return signing.sign_request(**args)
 
 
 async def send(api, headers: dict[str, str], body: bytes = BODY, method: str = "POST"):
@@ -47,7 +47,7 @@ async def test_a_correctly_signed_request_passes(api, credential, clean_db):
 
 
 @pytest.mark.parametrize(
-    "drop", ["Authorization", auth.TIMESTAMP_HEADER, auth.NONCE_HEADER, "Content-MD5"]
+    "drop", ["Authorization", signing.TIMESTAMP_HEADER, signing.NONCE_HEADER, "Content-MD5"]
 )
 async def test_a_missing_header_is_auth_required(api, credential, clean_db, drop):
     headers = signed(*credential)
@@ -61,11 +61,11 @@ async def test_a_missing_header_is_auth_required(api, credential, clean_db, drop
         ("Authorization", "Basic dXNlcjpwYXNz"),
         ("Authorization", "HMAC-SHA256 no-colon-here"),
         ("Authorization", "HMAC-SHA256 svc:not-base64!"),
-        (auth.TIMESTAMP_HEADER, "yesterday"),
-        (auth.TIMESTAMP_HEADER, "-5"),
-        (auth.NONCE_HEADER, "short"),
-        (auth.NONCE_HEADER, "x" * 65),
-        (auth.NONCE_HEADER, "has space in it 12345"),
+        (signing.TIMESTAMP_HEADER, "yesterday"),
+        (signing.TIMESTAMP_HEADER, "-5"),
+        (signing.NONCE_HEADER, "short"),
+        (signing.NONCE_HEADER, "x" * 65),
+        (signing.NONCE_HEADER, "has space in it 12345"),
         ("Content-MD5", "not-md5"),
     ],
 )
@@ -113,7 +113,7 @@ async def test_anything_signed_that_differs_is_an_invalid_signature(
     api, credential, clean_db, tamper
 ):
     sent = signed(*credential)
-    other = signed(*credential, **tamper, timestamp=int(sent[auth.TIMESTAMP_HEADER]))
+    other = signed(*credential, **tamper, timestamp=int(sent[signing.TIMESTAMP_HEADER]))
     sent["Authorization"] = other["Authorization"]
     await assert_401(api, clean_db, sent, "INVALID_SIGNATURE")
 
@@ -220,7 +220,7 @@ async def test_every_customer_route_needs_a_signature(api, clean_db, method, pat
 
 
 async def test_a_get_replay_is_refused_too(api, credential, clean_db):
-    headers = auth.sign_request(
+    headers = signing.sign_request(
         service_id=credential[0],
         secret=credential[1],
         method="GET",

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from service import credentials
+from service.auth import credentials
 from tests.conftest import SECRET_KEY
 
 XCLOUD = [sys.executable, "-m", "service.cli"]

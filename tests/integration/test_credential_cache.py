@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 
-from service import credentials
+from service.auth import credentials
 
 
 class CountingPool:

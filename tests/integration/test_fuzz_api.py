@@ -50,15 +50,17 @@ from schemathesis.checks import (
 )
 from schemathesis.core import NotSet
 
-from service import auth, config, credentials, db
-from service.app import API_PREFIX, create_app
+from service import config
+from service.api.app import API_PREFIX, create_app
+from service.auth import credentials, signing
+from service.db import connect
 
 # Hypothesis keeps caches (not examples: database=None) under .hypothesis/ of the working
 # directory; keep them with the project's other caches, which git ignores.
 set_hypothesis_home_dir(Path(__file__).resolve().parents[2] / ".cache" / "hypothesis")
 
 SERVICE_ID = "fuzz-service"
-AUTH_HEADERS = ("Authorization", auth.TIMESTAMP_HEADER, auth.NONCE_HEADER, "Content-MD5")
+AUTH_HEADERS = ("Authorization", signing.TIMESTAMP_HEADER, signing.NONCE_HEADER, "Content-MD5")
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -114,8 +116,8 @@ class ThreadServer:
             self.loop.close()
 
     async def _start(self) -> None:
-        await db.migrate(self.settings.database_url)
-        self._pool = await db.create_pool(self.settings.database_url, size=2)
+        await connect.migrate(self.settings.database_url)
+        self._pool = await connect.create_pool(self.settings.database_url, size=2)
         await self._pool.execute(
             "TRUNCATE customers, outbox, auth_nonces, service_credentials RESTART IDENTITY"
         )
@@ -155,7 +157,7 @@ class HmacSigner(requests.auth.AuthBase):
             request.headers.pop(name, None)
         assert request.method is not None
         request.headers.update(
-            auth.sign_request(
+            signing.sign_request(
                 service_id=self.service_id,
                 secret=self.secret,
                 method=request.method,
@@ -280,7 +282,7 @@ def test_requests_signed_with_a_wrong_secret_get_invalid_signature(
 def test_stale_signed_requests_get_stale_request(
     case: schemathesis.Case, server: ThreadServer, http: requests.Session
 ) -> None:
-    signer = HmacSigner(SERVICE_ID, server.secret, clock_offset=-(auth.WINDOW_SECONDS + 5))
+    signer = HmacSigner(SERVICE_ID, server.secret, clock_offset=-(signing.WINDOW_SECONDS + 5))
     _assert_rejected(case, server, http, signer, {"STALE_REQUEST"})
 
 
@@ -298,11 +300,11 @@ def _assert_rejected(
     before = _customers_with_id(server, customer_id)
     response = case.call_and_validate(base_url=server.url, session=http, checks=CHECKS, **kwargs)
     assert response.status_code == 401, (response.status_code, response.content)
-    assert _header(response, "WWW-Authenticate") == auth.SCHEME
+    assert _header(response, "WWW-Authenticate") == signing.SCHEME
     if case.method != "HEAD":  # HEAD answers carry no body
         assert _error_code(response) in codes, response.content
     # A rejected request changes nothing: it claims no nonce and writes no customer.
-    nonce = response.request.headers.get(auth.NONCE_HEADER, "")
+    nonce = response.request.headers.get(signing.NONCE_HEADER, "")
     claimed = server.fetchval("SELECT count(*) FROM auth_nonces WHERE nonce = $1", nonce)
     assert claimed == 0, nonce
     assert _customers_with_id(server, customer_id) == before, customer_id

@@ -10,9 +10,11 @@ import orjson
 import pytest
 from cryptography.exceptions import InvalidTag
 
-from service import config, credentials, idempotency
-from service.app import create_app
-from service.client import XCloudClient
+from service import config
+from service.api.app import create_app
+from service.auth import credentials
+from service.tools.client import XCloudClient
+from service.usecases import unit_of_work
 from tests.conftest import SECRET_KEY
 from tests.helpers import DOC_EXAMPLE, example, row_counts
 
@@ -173,7 +175,7 @@ async def test_a_5xx_is_not_stored(proxied_api, clean_db):
 
 
 async def test_in_flight_is_409_with_retry_after_then_free(xc, clean_db, credential, pool):
-    lock = idempotency.lock_id(credential[0], "busy")
+    lock = unit_of_work.lock_id(credential[0], "busy")
     async with pool.acquire() as holder:
         # The lock a running request holds, taken here: a request in flight, as seen by
         # every process.
@@ -254,9 +256,9 @@ async def test_after_the_ttl_the_key_is_new_and_expired_rows_are_swept(
         "INSERT INTO idempotency_keys (service_id, idem_key, request_hash, status, headers,"
         " body_sealed, expires_at) VALUES ('s', 'live', '', 200, '{}', '', now() + interval '1h')"
     )
-    assert await idempotency.delete_expired(clean_db, batch=2) == 2
-    assert await idempotency.delete_expired(clean_db, batch=2) == 2
-    assert await idempotency.delete_expired(clean_db, batch=2) == 0
+    assert await unit_of_work.delete_expired(clean_db, batch=2) == 2
+    assert await unit_of_work.delete_expired(clean_db, batch=2) == 2
+    assert await unit_of_work.delete_expired(clean_db, batch=2) == 0
     assert await clean_db.fetchval("SELECT idem_key FROM idempotency_keys") == "live"
 
 
@@ -267,10 +269,10 @@ async def test_stored_answers_are_sealed(xc, clean_db, credential):
     for api_key in created.body["apiKeys"].values():
         assert api_key.encode() not in stored
     assert DOC_EXAMPLE["customerId"].encode() not in stored
-    mine = idempotency.Answers(SECRET_KEY, 60)
+    mine = unit_of_work.Answers(SECRET_KEY, 60)
     assert orjson.loads(mine.open(credential[0], "sealed", stored)) == created.body
     with pytest.raises(InvalidTag):
-        idempotency.Answers("another-secret-key-" + "z" * 32, 60).open(
+        unit_of_work.Answers("another-secret-key-" + "z" * 32, 60).open(
             credential[0], "sealed", stored
         )
     with pytest.raises(InvalidTag):  # bound to its service id and key

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 
-from service.client import XCloudClient, make_customer_id
+from service.tools.client import XCloudClient, make_customer_id
 from tests.conftest import SECRET_KEY
 from tests.helpers import example, free_port, signed_json, wait_healthy
 
@@ -408,8 +408,8 @@ async def test_serve_waits_for_a_database_that_is_not_up_yet(settings, tmp_path)
 
 
 async def test_openapi_describes_exactly_the_running_routes(api, settings):
-    from service.app import create_app
-    from service.openapi import documented_operations
+    from service.api.app import create_app
+    from service.api.openapi import documented_operations
 
     resp = await api.get("/openapi.json")
     assert resp.status == 200

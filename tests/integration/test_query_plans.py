@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from service import store
+from service.db import customers
 
 
 @pytest.fixture(scope="module")
@@ -58,26 +58,26 @@ MIDDLE = datetime(2024, 1, 6, tzinfo=UTC)
     ],
 )
 async def test_list_pages_are_index_range_scans(million, variant, args, index):
-    plan = await explain(million, store.LIST_SQL[variant], *args)
+    plan = await explain(million, customers.LIST_SQL[variant], *args)
     assert not any(n.startswith("Seq Scan") for n in plan), plan
     assert not any(n.startswith("Sort") for n in plan), plan
     assert any(n.endswith(":" + index) for n in plan), plan
 
 
 async def test_get_one_and_existence_use_the_primary_key(million):
-    get_plan = await explain(million, store.GET_SQL, "FST-12345678-m77")
+    get_plan = await explain(million, customers.GET_SQL, "FST-12345678-m77")
     assert any(n.endswith(":customers_pkey") for n in get_plan), get_plan
     ids = [f"FST-12345678-m{i}" for i in range(1, 101)]
-    exists_plan = await explain(million, store.EXISTING_SQL, ids)
+    exists_plan = await explain(million, customers.EXISTING_SQL, ids)
     assert not any(n.startswith("Seq Scan") for n in exists_plan), exists_plan
     assert any("customers_pkey" in n for n in exists_plan), exists_plan
     # And the real queries return the right rows at that size.
-    assert (await store.get(million, "FST-12345678-m77"))["status"] == "SUSPENDED"
-    assert len(await store.existing(million, ids)) == 100
+    assert (await customers.get(million, "FST-12345678-m77"))["status"] == "SUSPENDED"
+    assert len(await customers.existing(million, ids)) == 100
 
 
 async def test_verifying_a_key_is_one_primary_key_lookup(million):
-    from service import api_keys
+    from service.db import api_keys
 
     known = await million.fetchval("SELECT sha256(convert_to('primary' || 777, 'UTF8'))")
     plan = await explain(million, api_keys.VERIFY_SQL, "svc", "n" * 16, known)

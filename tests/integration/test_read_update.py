@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from service import customers
-from service.client import XCloudClient, make_customer_id
-from service.pagination import CursorSigner, Position
-from service.schemas import CustomerSchema
+from service.api.pagination import CursorSigner, Position
+from service.api.schemas import CustomerSchema
+from service.domain import customer
+from service.tools.client import XCloudClient, make_customer_id
 from tests.helpers import DOC_EXAMPLE, example
 
 BASE = "/xcloud/v1/customers"
@@ -307,7 +307,7 @@ async def test_tampered_foreign_and_mismatched_cursors_are_400(xc, clean_db, set
     payload, mac = cursor.split(".")
     flipped = payload[:-1] + ("A" if payload[-1] != "A" else "B")
     foreign = CursorSigner("another-service-key-" + "z" * 40).encode(
-        Position(customers.utc_now(), "FST-12345678-x"), None
+        Position(customer.utc_now(), "FST-12345678-x"), None
     )
     for bad in (f"{flipped}.{mac}", foreign, cursor + "x", mac):
         resp = await xc.request("GET", f"{BASE}?cursor={bad}")

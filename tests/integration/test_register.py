@@ -9,8 +9,8 @@ import re
 
 import pytest
 
-from service.client import Conflict, InvalidRequest, XCloudClient, make_customer_id
-from service.schemas import CustomerCreatedSchema
+from service.api.schemas import CustomerCreatedSchema
+from service.tools.client import Conflict, InvalidRequest, XCloudClient, make_customer_id
 from tests.helpers import DOC_EXAMPLE, example, row_counts, signed_json
 
 PATH = "/xcloud/v1/customers"

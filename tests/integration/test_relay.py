@@ -14,11 +14,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
-from service import customers
-from service.app import create_app
-from service.client import XCloudClient, make_customer_id
-from service.keys import WAKER
+from service.api.app import create_app
+from service.api.keys import WAKER
+from service.domain import customer
 from service.outbox import relay
+from service.tools.client import XCloudClient, make_customer_id
 from tests import services as test_services
 from tests.conftest import SECRET_KEY
 from tests.helpers import DOC_EXAMPLE, example
@@ -64,7 +64,7 @@ async def fill_outbox(pool, n: int, customers_count: int, *, payload_pad: int = 
     # Lanes as the application computes them.
     for cust in {f"FST-12345678-c{i}" for i in range(customers_count)}:
         await pool.execute(
-            "UPDATE outbox SET lane = $1 WHERE customer_id = $2", customers.lane_of(cust), cust
+            "UPDATE outbox SET lane = $1 WHERE customer_id = $2", customer.lane_of(cust), cust
         )
 
 
@@ -156,7 +156,7 @@ async def test_notify_wakes_the_relay_long_before_its_poll(
     client = await aiohttp_client(create_app(topic_settings))
     config = relay_config(topic_settings, idle_poll_min=30, poll_interval=60)
     async with running(config) as outbox_relay:
-        await wait_for(lambda: _async(outbox_relay.stats.lanes == customers.LANES), 30)
+        await wait_for(lambda: _async(outbox_relay.stats.lanes == customer.LANES), 30)
         # Proven idle, not assumed after a sleep: inside its wait, with most of it left.
         await wait_for(lambda: _async(outbox_relay.stats.idle_until - time.monotonic() > 25), 30)
         idle_until, fetches = outbox_relay.stats.idle_until, outbox_relay.stats.fetches
@@ -195,7 +195,7 @@ async def test_a_rolled_back_transaction_publishes_nothing(topic_settings, clean
 
 
 async def test_an_unpublishable_row_is_dead_lettered_and_does_not_block(topic_settings, clean_db):
-    lane = customers.lane_of("FST-12345678-big")
+    lane = customer.lane_of("FST-12345678-big")
     await clean_db.execute(
         """INSERT INTO outbox (event_id, event_type, customer_id, lane, payload) VALUES
            (gen_random_uuid(), 'CustomerUpdated', 'FST-12345678-big', $1,
@@ -371,7 +371,7 @@ async def test_an_event_that_commits_late_still_goes_before_its_customers_next(
         " convert_to(json_build_object('id', gen_random_uuid(), 'subject', $1::text,"
         " 'seq', $3::int)::text, 'UTF8'))"
     )
-    lane = customers.lane_of(late)
+    lane = customer.lane_of(late)
     async with clean_db.acquire() as conn:
         tx = conn.transaction()
         await tx.start()

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from service.client import make_customer_id
+from service.tools.client import make_customer_id
 from tests.conftest import SECRET_KEY
 from tests.helpers import DOC_EXAMPLE, example
 

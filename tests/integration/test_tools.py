@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from service.client import XCloudClient
+from service.tools.client import XCloudClient
 from tests.helpers import example, row_counts
 
 XCLOUD = [sys.executable, "-m", "service.cli"]

@@ -9,11 +9,11 @@ import hmac
 import pytest
 from multidict import CIMultiDict
 
-from service import auth
+from service.auth import signing
 
 
 def test_string_to_sign_is_eight_lines_without_a_final_newline():
-    text = auth.string_to_sign(
+    text = signing.string_to_sign(
         method="post",
         path="/xcloud/v1/customers",
         query="a=1&b=%20",
@@ -33,13 +33,13 @@ def test_signature_is_standard_base64_of_hmac_sha256():
     expected = base64.b64encode(
         hmac.new(b"s3cret", b"line1\nline2", hashlib.sha256).digest()
     ).decode()
-    assert auth.signature("s3cret", "line1\nline2") == expected
+    assert signing.signature("s3cret", "line1\nline2") == expected
     assert len(expected) == 44 and expected.endswith("=")
 
 
 def test_content_md5_of_known_bodies():
-    assert auth.content_md5(b"") == "1B2M2Y8AsgTpgAmY7PhCfg=="
-    assert auth.content_md5(b"hello") == "XUFAKrxLKna5cZ2REBfFkg=="
+    assert signing.content_md5(b"") == "1B2M2Y8AsgTpgAmY7PhCfg=="
+    assert signing.content_md5(b"hello") == "XUFAKrxLKna5cZ2REBfFkg=="
 
 
 def sign(**kw):
@@ -54,7 +54,7 @@ def sign(**kw):
         nonce="nonce-1234567890abcdef",
     )
     args.update(kw)
-    return auth.sign_request(**args)
+    return signing.sign_request(**args)
 
 
 def verify(
@@ -68,12 +68,12 @@ def verify(
     query="q=1",
     content_type="application/json",
 ):
-    req = auth.parse_headers(CIMultiDict(headers), has_body=bool(body))
-    auth.check_fresh(req, now)
-    auth.check_signature(
+    req = signing.parse_headers(CIMultiDict(headers), has_body=bool(body))
+    signing.check_fresh(req, now)
+    signing.check_signature(
         req, secret, method=method, path=path, query=query, content_type=content_type
     )
-    auth.check_content_md5(req, body)
+    signing.check_content_md5(req, body)
     return req
 
 
@@ -106,7 +106,7 @@ def test_no_body_means_no_content_md5():
     ],
 )
 def test_each_failure_has_its_code(change, code):
-    with pytest.raises(auth.AuthError) as err:
+    with pytest.raises(signing.AuthError) as err:
         verify(sign(), **change)
     assert err.value.code == code
 
@@ -119,24 +119,24 @@ def test_window_edges_pass():
 def test_body_without_content_md5_is_auth_required():
     headers = sign()
     del headers["Content-MD5"]
-    with pytest.raises(auth.AuthError) as err:
-        auth.parse_headers(CIMultiDict(headers), has_body=True)
+    with pytest.raises(signing.AuthError) as err:
+        signing.parse_headers(CIMultiDict(headers), has_body=True)
     assert (err.value.status, err.value.code) == (401, "AUTH_REQUIRED")
 
 
 def test_nonces_are_fresh_and_well_formed():
-    nonces = {auth.new_nonce() for _ in range(1000)}
+    nonces = {signing.new_nonce() for _ in range(1000)}
     assert len(nonces) == 1000
-    assert all(auth._NONCE.fullmatch(n) for n in nonces)
+    assert all(signing._NONCE.fullmatch(n) for n in nonces)
 
 
 def test_the_timestamp_is_signed_as_sent():
     headers = sign()
-    padded = dict(headers, **{auth.TIMESTAMP_HEADER: "0" + headers[auth.TIMESTAMP_HEADER]})
-    with pytest.raises(auth.AuthError) as err:
+    padded = dict(headers, **{signing.TIMESTAMP_HEADER: "0" + headers[signing.TIMESTAMP_HEADER]})
+    with pytest.raises(signing.AuthError) as err:
         verify(padded)  # same number, other text: not what was signed
     assert err.value.code == "INVALID_SIGNATURE"
-    to_sign = auth.string_to_sign(
+    to_sign = signing.string_to_sign(
         method="POST",
         path="/xcloud/v1/customers",
         query="q=1",
@@ -146,5 +146,5 @@ def test_the_timestamp_is_signed_as_sent():
         nonce="nonce-1234567890abcdef",
         service_id="svc",
     )
-    padded["Authorization"] = f"HMAC-SHA256 svc:{auth.signature('s3cret', to_sign)}"
+    padded["Authorization"] = f"HMAC-SHA256 svc:{signing.signature('s3cret', to_sign)}"
     assert verify(padded).timestamp == 1_700_000_000

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from bench import debezium_compare
-from service.events import CONTENT_TYPE
+from service.domain.events import CONTENT_TYPE
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from aiohttp import web
 
-from service.client import Conflict, ServerError, ServiceUnavailable, XCloudClient
+from service.tools.client import Conflict, ServerError, ServiceUnavailable, XCloudClient
 
 BODY = {"customerId": "FST-12345678-x"}
 

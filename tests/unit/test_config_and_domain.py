@@ -4,7 +4,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from service import config, customers
+from service import config
+from service.domain import customer
 
 GOOD = {"DATABASE_URL": "postgresql://u@h:5432/db", "XCLOUD_SECRET_KEY": "k" * 32}
 
@@ -34,23 +35,23 @@ def test_kafka_required_only_when_asked():
 
 def test_rfc3339_is_utc_with_z_and_milliseconds():
     moment = datetime(2024, 1, 1, 10, 30, 0, 123456, tzinfo=UTC)
-    assert customers.rfc3339(moment) == "2024-01-01T10:30:00.123Z"
+    assert customer.rfc3339(moment) == "2024-01-01T10:30:00.123Z"
 
 
 def test_now_is_whole_milliseconds():
-    assert customers.utc_now().microsecond % 1000 == 0
+    assert customer.utc_now().microsecond % 1000 == 0
 
 
 def test_lane_is_stable_and_in_range():
-    assert customers.lane_of("FST-1536316721808-NewCustomer") == customers.lane_of(
+    assert customer.lane_of("FST-1536316721808-NewCustomer") == customer.lane_of(
         "FST-1536316721808-NewCustomer"
     )
-    lanes = {customers.lane_of(f"FST-12345678-c{i}") for i in range(2000)}
-    assert lanes == set(range(customers.LANES))
+    lanes = {customer.lane_of(f"FST-12345678-c{i}") for i in range(2000)}
+    assert lanes == set(range(customer.LANES))
 
 
 def test_api_keys_are_distinct_and_long():
-    keys = customers.ApiKeys.generate()
+    keys = customer.ApiKeys.generate()
     assert keys.primary != keys.secondary
     assert len(keys.primary) >= 40
     assert keys.hashes()[0] != keys.hashes()[1]

@@ -9,8 +9,9 @@ from collections import Counter
 
 import pytest
 
-from service import fake, importer, schemas
-from service.client import Conflict, InvalidRequest, ServiceUnavailable
+from service.api import schemas
+from service.tools import fake, importer
+from service.tools.client import Conflict, InvalidRequest, ServiceUnavailable
 from tests.helpers import example
 
 

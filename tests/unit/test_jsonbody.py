@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service import jsonbody
+from service.api import jsonbody
 
 DUPLICATES = [
     b'{"a": 1, "a": 2}',

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from service.openapi import ERROR_CODES, SECURITY_SCHEME, build_spec, documented_operations
+from service.api.openapi import ERROR_CODES, SECURITY_SCHEME, build_spec, documented_operations
 from tests.helpers import example
 
 CUSTOMERS = "/xcloud/v1/customers"

@@ -20,7 +20,8 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from marshmallow import ValidationError
 from multidict import CIMultiDict
 
-from service import auth, schemas
+from service.api import schemas
+from service.auth import signing
 from tests.helpers import example
 
 # Hypothesis keeps caches (not examples: database=None) under .hypothesis/ of the working
@@ -80,7 +81,7 @@ def signed_requests(draw: st.DrawFn) -> Signed:
     method, path, query = draw(methods), draw(paths), draw(queries)
     body, content_type = draw(bodies), draw(content_types)
     secret, timestamp = draw(secret_texts), draw(timestamps)
-    headers = auth.sign_request(
+    headers = signing.sign_request(
         service_id=draw(service_ids),
         secret=secret,
         method=method,
@@ -93,12 +94,12 @@ def signed_requests(draw: st.DrawFn) -> Signed:
     return Signed(Wire(method, path, query, headers, body), secret, timestamp)
 
 
-def receive(wire: Wire, secret: str | bytes | None, now: float) -> auth.SignedRequest:
-    """The server's checks, in the server's order (service/app.py, auth_middleware)."""
-    req = auth.parse_headers(CIMultiDict(wire.headers), has_body=bool(wire.body))
-    auth.check_fresh(req, now)
+def receive(wire: Wire, secret: str | bytes | None, now: float) -> signing.SignedRequest:
+    """The server's checks, in the server's order (service/api/app.py, auth_middleware)."""
+    req = signing.parse_headers(CIMultiDict(wire.headers), has_body=bool(wire.body))
+    signing.check_fresh(req, now)
     key = secret.encode("utf-8") if isinstance(secret, str) else secret  # stored as bytes
-    auth.check_signature(
+    signing.check_signature(
         req,
         key,
         method=wire.method,
@@ -106,12 +107,12 @@ def receive(wire: Wire, secret: str | bytes | None, now: float) -> auth.SignedRe
         query=wire.query,
         content_type=wire.headers.get("Content-Type", ""),
     )
-    auth.check_content_md5(req, wire.body)
+    signing.check_content_md5(req, wire.body)
     return req
 
 
 def rejected(wire: Wire, secret: str | bytes | None, now: float) -> tuple[int, str]:
-    with pytest.raises(auth.AuthError) as err:
+    with pytest.raises(signing.AuthError) as err:
         receive(wire, secret, now)
     return err.value.status, err.value.code
 
@@ -127,7 +128,7 @@ def other(draw: st.DrawFn, strategy: st.SearchStrategy[Any], current: Any) -> An
     return draw(strategy.filter(lambda value: value != current))
 
 
-@given(signed=signed_requests(), skew=st.integers(-auth.WINDOW_SECONDS, auth.WINDOW_SECONDS))
+@given(signed=signed_requests(), skew=st.integers(-signing.WINDOW_SECONDS, signing.WINDOW_SECONDS))
 @PROPERTY
 def test_what_is_signed_verifies(signed: Signed, skew: int) -> None:
     wire = signed.wire
@@ -159,14 +160,14 @@ def test_changing_a_signed_element_is_invalid_signature(
         wire = with_header(wire, "Content-Type", new or None)
     elif element == "content-md5":  # another well-formed digest, or one where there was none
         current = wire.headers.get("Content-MD5")
-        new = other(draw, bodies.map(auth.content_md5), current)
+        new = other(draw, bodies.map(signing.content_md5), current)
         wire = with_header(wire, "Content-MD5", new)
     elif element == "timestamp":  # still fresh at the server's clock: only the signature fails
         ts = other(draw, timestamps, ts)
-        wire = with_header(wire, auth.TIMESTAMP_HEADER, str(ts))
+        wire = with_header(wire, signing.TIMESTAMP_HEADER, str(ts))
     elif element == "nonce":
-        new = other(draw, nonces, wire.headers[auth.NONCE_HEADER])
-        wire = with_header(wire, auth.NONCE_HEADER, new)
+        new = other(draw, nonces, wire.headers[signing.NONCE_HEADER])
+        wire = with_header(wire, signing.NONCE_HEADER, new)
     elif element == "service id":
         scheme, _, credential = wire.headers["Authorization"].partition(" ")
         service_id, _, sig = credential.partition(":")
@@ -202,7 +203,7 @@ def test_changing_a_body_byte_is_content_md5_mismatch(signed: Signed, data: st.D
 
 @given(
     signed=signed_requests(),
-    late=st.integers(auth.WINDOW_SECONDS + 1, 10**9),
+    late=st.integers(signing.WINDOW_SECONDS + 1, 10**9),
     sign=st.sampled_from([-1, 1]),
 )
 @PROPERTY
@@ -214,7 +215,7 @@ def test_outside_the_window_is_stale_request(signed: Signed, late: int, sign: in
 @given(signed=signed_requests(), data=st.data())
 @PROPERTY
 def test_a_missing_auth_header_is_auth_required(signed: Signed, data: st.DataObject) -> None:
-    names = ["Authorization", auth.TIMESTAMP_HEADER, auth.NONCE_HEADER]
+    names = ["Authorization", signing.TIMESTAMP_HEADER, signing.NONCE_HEADER]
     if signed.wire.body:
         names.append("Content-MD5")
     wire = with_header(signed.wire, data.draw(st.sampled_from(names)), None)

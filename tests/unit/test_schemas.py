@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from marshmallow import ValidationError
 
-from service import schemas
+from service.api import schemas
 from tests.helpers import example
 
 

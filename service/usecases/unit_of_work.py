@@ -34,8 +34,8 @@ import orjson
 from aiohttp import web
 
 from service import metrics
-from service.credentials import CLAIM_NONCE_SQL, Replayed, SecretBox
-from service.errors import ApiError, validation_error
+from service.api.errors import ApiError, validation_error
+from service.auth.credentials import CLAIM_NONCE_SQL, Replayed, SecretBox
 
 log = logging.getLogger("xcloud.idempotency")
 

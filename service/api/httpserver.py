@@ -20,7 +20,7 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from service import metrics
-from service.errors import ApiError
+from service.api.errors import ApiError
 
 log = logging.getLogger("xcloud.api")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from service.customers import rfc3339
+from service.domain.customer import rfc3339
 
 SOURCE = "/xcloud/v1/customers"
 CONTENT_TYPE = "application/cloudevents+json; charset=UTF-8"

@@ -20,7 +20,10 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import INCLUDE, Schema, fields, validate
 
-from service import api_keys, auth, idempotency, schemas
+from service.api import schemas
+from service.auth import signing
+from service.db import api_keys
+from service.usecases import unit_of_work
 
 TITLE = "XCloud customer registry"
 OPENAPI_VERSION = "3.1.0"
@@ -29,7 +32,7 @@ _HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "tr
 _CUSTOMERS = "/xcloud/v1/customers"
 _ONE_CUSTOMER = _CUSTOMERS + "/{customerId}"
 
-# Every code an error body can carry: the contract's and aiohttp's own (service/errors.py).
+# Every code an error body can carry: the contract's and aiohttp's own (service/api/errors.py).
 ERROR_CODES = (
     "VALIDATION_ERROR",
     "INVALID_JSON",
@@ -175,7 +178,7 @@ _HEADERS: dict[str, dict[str, Any]] = {
         "else a new one. Logs carry it too.",
         "schema": {"type": "string"},
     },
-    "WWW-Authenticate": {"schema": {"type": "string", "enum": [auth.SCHEME]}},
+    "WWW-Authenticate": {"schema": {"type": "string", "enum": [signing.SCHEME]}},
     "ETag": {
         "description": "Strong entity tag; changes on every change of the customer.",
         "schema": {"type": "string"},
@@ -186,7 +189,7 @@ _HEADERS: dict[str, dict[str, Any]] = {
         "schema": {"type": "string"},
     },
     "Retry-After": {"description": "Seconds.", "schema": {"type": "integer"}},
-    idempotency.REPLAYED_HEADER: {
+    unit_of_work.REPLAYED_HEADER: {
         "description": "`true` on the stored answer of an earlier request with the same "
         "Idempotency-Key; absent on a first answer.",
         "schema": {"type": "string", "enum": ["true"]},
@@ -196,9 +199,9 @@ _HEADERS: dict[str, dict[str, Any]] = {
 _CUSTOMER_ID_PATTERN = _ecma_pattern(schemas.CUSTOMER_ID.pattern + r"\Z")
 
 _PARAMETERS: dict[str, dict[str, Any]] = {
-    idempotency.KEY_HEADER: {
+    unit_of_work.KEY_HEADER: {
         "in": "header",
-        "name": idempotency.KEY_HEADER,
+        "name": unit_of_work.KEY_HEADER,
         "description": "Optional (contract section 12). The first answer 200, 201, 404, 409 "
         "or 412 is stored with the write for 24 hours (XCLOUD_IDEMPOTENCY_TTL_SECONDS) per "
         "service id; the same method, path and body (as parsed JSON) with the same key gets "
@@ -215,15 +218,15 @@ _PARAMETERS: dict[str, dict[str, Any]] = {
     },
     "X-XCloud-Timestamp": {
         "in": "header",
-        "name": auth.TIMESTAMP_HEADER,
+        "name": signing.TIMESTAMP_HEADER,
         "required": True,
-        "description": f"Unix time, whole seconds; within {auth.WINDOW_SECONDS} s of the "
+        "description": f"Unix time, whole seconds; within {signing.WINDOW_SECONDS} s of the "
         "server's clock.",
         "schema": {"type": "string", "pattern": "^[0-9]{1,12}$"},
     },
     "X-XCloud-Nonce": {
         "in": "header",
-        "name": auth.NONCE_HEADER,
+        "name": signing.NONCE_HEADER,
         "required": True,
         "description": "New for every request.",
         "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{16,64}$"},
@@ -240,10 +243,10 @@ _PARAMETERS: dict[str, dict[str, Any]] = {
 _HMAC_DESCRIPTION = f"""\
 HMAC-SHA256 request signing (contract section 2).
 
-`Authorization: {auth.SCHEME} <serviceId>:<signature>` where
+`Authorization: {signing.SCHEME} <serviceId>:<signature>` where
 `signature = base64(HMAC-SHA256(key = secret as UTF-8, msg = string to sign as UTF-8))`,
-standard base64 with padding. Every request also sends `{auth.TIMESTAMP_HEADER}` (Unix
-time, whole seconds), `{auth.NONCE_HEADER}` (16-64 of `[A-Za-z0-9_-]`, new for every
+standard base64 with padding. Every request also sends `{signing.TIMESTAMP_HEADER}` (Unix
+time, whole seconds), `{signing.NONCE_HEADER}` (16-64 of `[A-Za-z0-9_-]`, new for every
 request) and, whenever it has a body, `Content-MD5` (base64 of the MD5 digest of the
 exact body bytes).
 
@@ -254,15 +257,15 @@ The string to sign is these eight lines joined by `\\n`, with no newline at the 
 3. the query string as sent (what follows `?`), or empty
 4. the `Content-MD5` value, or empty
 5. the `Content-Type` value, or empty
-6. the `{auth.TIMESTAMP_HEADER}` value
-7. the `{auth.NONCE_HEADER}` value
+6. the `{signing.TIMESTAMP_HEADER}` value
+7. the `{signing.NONCE_HEADER}` value
 8. the service id
 
 The server answers the first failure, in this order: 401 `AUTH_REQUIRED` (a header
-missing or malformed), 401 `STALE_REQUEST` (timestamp more than {auth.WINDOW_SECONDS} s
+missing or malformed), 401 `STALE_REQUEST` (timestamp more than {signing.WINDOW_SECONDS} s
 away), 401 `INVALID_SIGNATURE` (unknown or revoked service, or wrong signature),
 400 `CONTENT_MD5_MISMATCH`, 401 `REPLAYED_REQUEST` (nonce already used). Every 401
-carries `WWW-Authenticate: {auth.SCHEME}`."""
+carries `WWW-Authenticate: {signing.SCHEME}`."""
 
 
 # --- responses -----------------------------------------------------------------------
@@ -327,16 +330,16 @@ def _api_operation(
     if idempotent:  # contract section 12
         codes = {**codes, 409: (*codes.get(409, ()), "IDEMPOTENCY_KEY_IN_USE")}
         codes[422] = ("IDEMPOTENCY_KEY_REUSED",)
-        parameters = (*parameters, idempotency.KEY_HEADER)
+        parameters = (*parameters, unit_of_work.KEY_HEADER)
     for status, own in codes.items():
         shared[status] = own + shared.get(status, ())
     failures = {status: _failure(status, c, with_body=with_body) for status, c in shared.items()}
     responses = {**answers, **failures}
     if idempotent:  # a stored answer comes back marked
-        for status in idempotency.STORED_STATUSES & set(responses):
+        for status in unit_of_work.STORED_STATUSES & set(responses):
             headers = {
                 **responses[status]["headers"],
-                idempotency.REPLAYED_HEADER: idempotency.REPLAYED_HEADER,
+                unit_of_work.REPLAYED_HEADER: unit_of_work.REPLAYED_HEADER,
             }
             responses[status] = {**responses[status], "headers": headers}
     signing = ["X-XCloud-Timestamp", "X-XCloud-Nonce"]

@@ -11,8 +11,9 @@ from typing import Any
 import asyncpg
 import orjson
 
-from service import api_keys, idempotency
-from service.credentials import CLAIM_NONCE_SQL, Replayed
+from service.auth.credentials import CLAIM_NONCE_SQL, Replayed
+from service.db import api_keys
+from service.usecases import unit_of_work
 
 # One round trip for a registration: claim the request's nonce, insert the customer
 # unless its id exists (the primary key decides, under concurrency too), and insert its
@@ -44,18 +45,18 @@ _REGISTER_SQL = _REGISTER_TEMPLATE.format(
     answer_columns="",
 )
 # With an Idempotency-Key, inside the transaction that claimed the nonce and holds the
-# key's lock (idempotency.write_transaction): the same statement also looks the key up,
+# key's lock (unit_of_work.write_transaction): the same statement also looks the key up,
 # writes nothing when an answer is stored, and else stores its own (201 or 409), sealed
 # ahead for both outcomes. $12 key, $13 request hash, $14 201's headers, $15 201's body,
 # $16 409's body, $17 time to live.
 _CREATED = "EXISTS (SELECT 1 FROM customer)"
 _REGISTER_KEYED_SQL = _REGISTER_TEMPLATE.format(
     nonce="SELECT $1::text, $2::text",  # claimed already: only echoed
-    prior=f"\nprior AS ({idempotency.prior_sql('$1', '$12')}),",
+    prior=f"\nprior AS ({unit_of_work.prior_sql('$1', '$12')}),",
     guard="NOT EXISTS (SELECT 1 FROM prior)",
     keys=_KEYS_CTE,
     answer=",\nanswer AS ("
-    + idempotency.store_sql(
+    + unit_of_work.store_sql(
         "$1",
         "$12",
         "$13",
@@ -243,7 +244,7 @@ class LockedCustomer:
 
 async def lock_customer(conn: asyncpg.Connection, customer_id: str) -> LockedCustomer:
     """The customer under FOR UPDATE (row None when unknown), in the caller's transaction,
-    which has claimed the request's nonce (idempotency.write_transaction)."""
+    which has claimed the request's nonce (unit_of_work.write_transaction)."""
     row = await conn.fetchrow(
         f"SELECT {_COLUMNS} FROM customers WHERE customer_id = $1 FOR UPDATE", customer_id
     )

@@ -14,7 +14,7 @@ from typing import Any
 from faker import Faker
 from faker.providers.geo import Provider as GeoProvider
 
-from service import schemas
+from service.api import schemas
 
 # With --seed and no --timestamp the ids must not depend on the clock either.
 SEEDED_TIMESTAMP_MS = 1_700_000_000_000

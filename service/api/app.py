@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator
 import asyncpg
 from aiohttp import web
 
-from service import auth, credentials, db, handlers, httpserver, idempotency, metrics
-from service.config import Settings
-from service.errors import ApiError, from_http_exception
-from service.keys import (
+from service import metrics
+from service.api import handlers, httpserver
+from service.api.errors import ApiError, from_http_exception
+from service.api.keys import (
     ANSWERS,
     BODY,
     CALLER,
@@ -28,9 +28,13 @@ from service.keys import (
     SETTINGS,
     WAKER,
 )
+from service.api.pagination import CursorSigner
+from service.auth import credentials, signing
+from service.config import Settings
+from service.db import connect
 from service.outbox.lanes import LANE_LOCK
 from service.outbox.wakeup import Waker
-from service.pagination import CursorSigner
+from service.usecases import unit_of_work
 
 log = logging.getLogger("xcloud.api")
 access_log = logging.getLogger("xcloud.access")
@@ -40,7 +44,7 @@ API_PREFIX = "/xcloud/v1"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # The database is down or unreachable: 503, not 500.
-_DB_UNAVAILABLE = (*db.UNAVAILABLE, asyncpg.PostgresConnectionError)
+_DB_UNAVAILABLE = (*connect.UNAVAILABLE, asyncpg.PostgresConnectionError)
 
 
 @web.middleware
@@ -56,8 +60,8 @@ async def error_middleware(request: web.Request, handler: handlers.Handler) -> w
         response = await handler(request)
     except ApiError as exc:
         response = exc.response()
-    except auth.AuthError as exc:
-        headers = {"WWW-Authenticate": auth.SCHEME} if exc.status == 401 else None
+    except signing.AuthError as exc:
+        headers = {"WWW-Authenticate": signing.SCHEME} if exc.status == 401 else None
         response = ApiError(exc.status, exc.code, exc.message, headers=headers).response()
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -107,11 +111,11 @@ async def auth_middleware(request: web.Request, handler: handlers.Handler) -> we
     if length is not None and length > MAX_BODY:
         # Answer before reading any of it, and close: the rest is never read.
         return _closing(ApiError(413, "PAYLOAD_TOO_LARGE", "Request body is larger than 64 KiB"))
-    signed = auth.parse_headers(request.headers, has_body=request.body_exists)
-    auth.check_fresh(signed, time.time())
+    signed = signing.parse_headers(request.headers, has_body=request.body_exists)
+    signing.check_fresh(signed, time.time())
     path, _, query = request.raw_path.partition("?")
     secret = await request.app[CREDENTIALS].secret_for(signed.service_id)
-    auth.check_signature(
+    signing.check_signature(
         signed,
         secret,
         method=request.method,
@@ -129,7 +133,7 @@ async def auth_middleware(request: web.Request, handler: handlers.Handler) -> we
         return _closing(ApiError(408, "REQUEST_TIMEOUT", "The request body did not arrive in time"))
     except ConnectionError:  # the caller hung up mid-body: not the database's fault
         return _closing(ApiError(400, "BAD_REQUEST", "The connection closed before the body"))
-    auth.check_content_md5(signed, body)
+    signing.check_content_md5(signed, body)
     request[BODY] = body
     request[CALLER] = signed
     if not getattr(request.match_info.handler, "claims_nonce", False):
@@ -145,7 +149,7 @@ def _closing(error: ApiError) -> web.Response:
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    pool = await db.create_pool(settings.database_url, size=settings.db_pool_size)
+    pool = await connect.create_pool(settings.database_url, size=settings.db_pool_size)
     app[POOL] = pool
     app[CREDENTIALS] = credentials.CredentialStore(pool, credentials.SecretBox(settings.secret_key))
     yield
@@ -188,8 +192,8 @@ async def _nonce_sweeper(app: web.Application) -> AsyncIterator[None]:
 
 async def _idempotency(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    app[ANSWERS] = idempotency.Answers(settings.secret_key, settings.idempotency_ttl_seconds)
-    async with idempotency.sweeping(app[POOL]):
+    app[ANSWERS] = unit_of_work.Answers(settings.secret_key, settings.idempotency_ttl_seconds)
+    async with unit_of_work.sweeping(app[POOL]):
         yield
 
 

@@ -16,7 +16,7 @@ from datetime import datetime
 import asyncpg
 from marshmallow import Schema, fields
 
-from service.credentials import CLAIM_NONCE_SQL
+from service.auth.credentials import CLAIM_NONCE_SQL
 
 SLOTS = ("primary", "secondary")
 PREFIX = "xck_"

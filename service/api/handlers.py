@@ -10,20 +10,10 @@ import orjson
 from aiohttp import web
 from marshmallow import ValidationError
 
-from service import (
-    api_keys,
-    auth,
-    credentials,
-    customers,
-    events,
-    idempotency,
-    jsonbody,
-    metrics,
-    schemas,
-    store,
-)
-from service.errors import ApiError, customer_not_found, json_response, validation_error
-from service.keys import (
+from service import metrics
+from service.api import jsonbody, schemas
+from service.api.errors import ApiError, customer_not_found, json_response, validation_error
+from service.api.keys import (
     ANSWERS,
     BODY,
     CALLER,
@@ -34,8 +24,12 @@ from service.keys import (
     SETTINGS,
     WAKER,
 )
+from service.api.pagination import BadCursor, Position
+from service.auth import credentials, signing
+from service.db import api_keys, customers
+from service.domain import customer, events
 from service.outbox.lanes import RELAYS_SQL
-from service.pagination import BadCursor, Position
+from service.usecases import unit_of_work
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -49,7 +43,7 @@ def claims_nonce(handler: Handler) -> Handler:
 async def claim_nonce(request: web.Request) -> None:
     caller = request[CALLER]
     if not await credentials.claim_nonce(request.app[POOL], caller.service_id, caller.nonce):
-        raise auth.replayed()
+        raise signing.replayed()
 
 
 async def reject(request: web.Request, error: ApiError) -> ApiError:
@@ -58,10 +52,10 @@ async def reject(request: web.Request, error: ApiError) -> ApiError:
     from the stored request (which passed these checks): 422, as contract 12 says."""
     await claim_nonce(request)
     key = request.get(IDEMPOTENCY_KEY)
-    if key is not None and await idempotency.key_used(
+    if key is not None and await unit_of_work.key_used(
         request.app[POOL], request[CALLER].service_id, key
     ):
-        return idempotency.reused()
+        return unit_of_work.reused()
     return error
 
 
@@ -69,7 +63,7 @@ async def idempotency_key(request: web.Request) -> str | None:
     """The validated Idempotency-Key of a write (400 for a bad one), remembered on the
     request for `reject`."""
     try:
-        key = idempotency.key_of(request.headers)
+        key = unit_of_work.key_of(request.headers)
     except ApiError as exc:
         raise await reject(request, exc) from None
     if key is not None:
@@ -77,30 +71,30 @@ async def idempotency_key(request: web.Request) -> str | None:
     return key
 
 
-def write_scope(request: web.Request, key: str | None, body: Any) -> idempotency.Scope:
+def write_scope(request: web.Request, key: str | None, body: Any) -> unit_of_work.Scope:
     caller = request[CALLER]
-    return idempotency.Scope(
+    return unit_of_work.Scope(
         caller.service_id,
         caller.nonce,
         key,
-        idempotency.fingerprint(request.method, request.path, body),
+        unit_of_work.fingerprint(request.method, request.path, body),
         request.match_info.route.resource.canonical,
     )
 
 
 async def write_transaction(
     request: web.Request,
-    scope: idempotency.Scope,
-    effects: idempotency.Effects | None,
-    combined: idempotency.Combined | None = None,
+    scope: unit_of_work.Scope,
+    effects: unit_of_work.Effects | None,
+    combined: unit_of_work.Combined | None = None,
 ) -> web.Response:
     """`effects` in the transaction that claims the nonce and keeps the key's answer."""
     try:
-        response = await idempotency.write_transaction(
+        response = await unit_of_work.write_transaction(
             request.app[POOL], request.app[ANSWERS], scope, effects, combined
         )
-    except store.Replayed:
-        raise auth.replayed() from None
+    except customers.Replayed:
+        raise signing.replayed() from None
     request.app[WAKER].poke()  # committed: the relays may publish its event now
     return response
 
@@ -133,7 +127,7 @@ async def readyz(request: web.Request) -> web.Response:
         row = await asyncio.wait_for(request.app[POOL].fetchrow(RELAYS_SQL), 2.0)
     except TimeoutError:
         raise ApiError(503, "SERVICE_UNAVAILABLE", "The database does not answer") from None
-    relays = {"live": row["live"], "lanesHeld": row["lanes_held"], "lanes": customers.LANES}
+    relays = {"live": row["live"], "lanesHeld": row["lanes_held"], "lanes": customer.LANES}
     return json_response({"status": "ready", "database": "ok", "relays": relays})
 
 
@@ -143,7 +137,7 @@ async def prometheus(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    from service.openapi import build_spec
+    from service.api.openapi import build_spec
 
     return json_response(build_spec())
 
@@ -159,14 +153,14 @@ async def register_customer(request: web.Request) -> web.Response:
 
     settings = request.app[SETTINGS]
     customer_id = valid["customerId"]
-    now = customers.utc_now()
-    data = customers.mutable_fields(valid, settings.limits.as_json())
-    keys = customers.ApiKeys.generate()
-    representation = customers.representation(customer_id, valid["status"], data, now, now)
+    now = customer.utc_now()
+    data = customer.mutable_fields(valid, settings.limits.as_json())
+    keys = customer.ApiKeys.generate()
+    representation = customer.representation(customer_id, valid["status"], data, now, now)
     event_id, payload = events.envelope(events.REGISTERED, representation, now)
     caller = request[CALLER]
-    new = store.NewCustomer(customer_id, valid["status"], data, now, keys.hashes())
-    event = store.Event(event_id, customers.lane_of(customer_id), payload)
+    new = customers.NewCustomer(customer_id, valid["status"], data, now, keys.hashes())
+    event = customers.Event(event_id, customer.lane_of(customer_id), payload)
 
     exists = ApiError(
         409,
@@ -192,11 +186,11 @@ async def register_customer(request: web.Request) -> web.Response:
 
     if key is None:  # the one-statement path
         try:
-            created = await store.register(
+            created = await customers.register(
                 request.app[POOL], caller.service_id, caller.nonce, new, event
             )
-        except store.Replayed:
-            raise auth.replayed() from None
+        except customers.Replayed:
+            raise signing.replayed() from None
         return answer(created)
 
     scope = write_scope(request, key, doc)
@@ -205,15 +199,15 @@ async def register_customer(request: web.Request) -> web.Response:
 
     async def combined(conn: Any) -> tuple[Any, web.Response]:
         # Both possible answers sealed ahead: the statement stores the one that happens.
-        headers, created_body = idempotency.stored_form(answers, scope, created_answer)
-        _, exists_body = idempotency.stored_form(answers, scope, exists_answer)
-        row = await store.register_keyed(
+        headers, created_body = unit_of_work.stored_form(answers, scope, created_answer)
+        _, exists_body = unit_of_work.stored_form(answers, scope, exists_answer)
+        row = await customers.register_keyed(
             conn,
             caller.service_id,
             caller.nonce,
             new,
             event,
-            store.KeyedAnswers(
+            customers.KeyedAnswers(
                 key, scope.request_hash, headers, created_body, exists_body, answers.ttl_seconds
             ),
         )
@@ -237,7 +231,7 @@ def _path_customer_id(request: web.Request) -> str:
 
 
 def _represent(row: Any) -> dict[str, Any]:
-    return customers.representation(
+    return customer.representation(
         row["customer_id"],
         row["status"],
         orjson.loads(row["data"]),
@@ -247,7 +241,7 @@ def _represent(row: Any) -> dict[str, Any]:
 
 
 def _etag(row: Any) -> str:
-    return customers.etag(row["customer_id"], row["version"], row["updated_at"])
+    return customer.etag(row["customer_id"], row["version"], row["updated_at"])
 
 
 def _matches(header: str, tag: str) -> bool:
@@ -282,7 +276,7 @@ async def list_customers(request: web.Request) -> web.Response:
     if details:
         raise validation_error(details)
 
-    rows = await store.list_page(
+    rows = await customers.list_page(
         request.app[POOL],
         limit=limit + 1,  # one more tells whether there is a next page
         status=status,
@@ -301,7 +295,7 @@ async def list_customers(request: web.Request) -> web.Response:
 
 async def get_customer(request: web.Request) -> web.Response:
     customer_id = _path_customer_id(request)
-    row = await store.get(request.app[POOL], customer_id)
+    row = await customers.get(request.app[POOL], customer_id)
     if row is None:
         raise customer_not_found(customer_id)
     tag = _etag(row)
@@ -330,19 +324,19 @@ async def update_customer(request: web.Request) -> web.Response:
     if_match = request.headers.get("If-Match")
 
     async def effects(conn: Any) -> web.Response:
-        locked = await store.lock_customer(conn, customer_id)
+        locked = await customers.lock_customer(conn, customer_id)
         row = locked.row
         if row is None:
             raise customer_not_found(customer_id)
         if if_match is not None and not _matches(if_match, _etag(row)):
             raise ApiError(412, "PRECONDITION_FAILED", "If-Match does not match the current ETag")
         old = orjson.loads(row["data"])
-        data = customers.mutable_fields(valid, old["limits"])
+        data = customer.mutable_fields(valid, old["limits"])
         if data == old and valid["status"] == row["status"]:
             body, tag = _represent(row), _etag(row)  # nothing changed: no event
         else:
-            now = max(customers.utc_now(), row["updated_at"])
-            body = customers.representation(
+            now = max(customer.utc_now(), row["updated_at"])
+            body = customer.representation(
                 customer_id, valid["status"], data, row["created_at"], now
             )
             event_id, payload = events.envelope(events.UPDATED, body, now)
@@ -350,9 +344,9 @@ async def update_customer(request: web.Request) -> web.Response:
                 valid["status"],
                 data,
                 now,
-                store.Event(event_id, customers.lane_of(customer_id), payload),
+                customers.Event(event_id, customer.lane_of(customer_id), payload),
             )
-            tag = customers.etag(customer_id, version, now)
+            tag = customer.etag(customer_id, version, now)
         return json_response(body, headers={"ETag": tag})
 
     return await write_transaction(request, write_scope(request, key, doc), effects)
@@ -377,13 +371,13 @@ async def rotate_api_key(request: web.Request) -> web.Response:
         raise await reject(request, validation_error(details))
 
     async def effects(conn: Any) -> web.Response:
-        if (await store.lock_customer(conn, customer_id)).row is None:
+        if (await customers.lock_customer(conn, customer_id)).row is None:
             raise customer_not_found(customer_id)
-        now = customers.utc_now()
+        now = customer.utc_now()
         new_key = api_keys.new_key()
-        data = {"customerId": customer_id, "slot": slot, "rotatedAt": customers.rfc3339(now)}
+        data = {"customerId": customer_id, "slot": slot, "rotatedAt": customer.rfc3339(now)}
         event_id, payload = events.envelope(events.KEY_ROTATED, data, now)
-        lane = customers.lane_of(customer_id)
+        lane = customer.lane_of(customer_id)
         await api_keys.rotate(
             conn, customer_id, slot, new_key, now, (event_id, lane, events.KEY_ROTATED, payload)
         )
@@ -413,7 +407,7 @@ async def verify_api_key(request: web.Request) -> web.Response:
         request.app[POOL], caller.service_id, caller.nonce, api_key
     )
     if not fresh:
-        raise auth.replayed()
+        raise signing.replayed()
     if found is None:
         metrics.API_KEY_VERIFICATIONS.labels("unknown").inc()
         raise api_key_not_found()
@@ -431,7 +425,7 @@ async def customers_exist(request: web.Request) -> web.Response:
     if bad:
         raise validation_error({"customerIds": ["Not a valid customer id."]})
     unique = list(dict.fromkeys(ids))
-    found = await store.existing(request.app[POOL], unique)
+    found = await customers.existing(request.app[POOL], unique)
     missing = [i for i in unique if i not in found]
     if missing:
         return web.Response(status=404, headers={"X-Missing-Customer-Ids": ",".join(missing)})

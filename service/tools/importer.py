@@ -32,8 +32,8 @@ from typing import IO, Any
 import aiohttp
 from marshmallow import Schema, ValidationError, fields
 
-from service import schemas
-from service.client import (
+from service.api import schemas
+from service.tools.client import (
     Conflict,
     InvalidRequest,
     ServerError,

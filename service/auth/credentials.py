@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from service.auth import WINDOW_SECONDS
+from service.auth.signing import WINDOW_SECONDS
 
 log = logging.getLogger("xcloud.credentials")
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from service import api_keys
-from service.schemas import DEFAULT_SETTINGS
+from service.api.schemas import DEFAULT_SETTINGS
+from service.db import api_keys
 
 # Outbox lanes: one customer's events always share a lane; see docs/relay.md.
 LANES = 32

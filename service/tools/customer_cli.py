@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from service.client import XCloudClient
+    from service.tools.client import XCloudClient
 
 OK, SERVER_ERROR, USAGE, UNREACHABLE, INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -120,7 +120,7 @@ def _talk(work: Callable[[XCloudClient], Awaitable[int]]) -> int:
     """Run `work` with a client; map the failures to the exit codes."""
     import aiohttp
 
-    from service.client import XCloudClient, XCloudError
+    from service.tools.client import XCloudClient, XCloudError
 
     url, service_id, secret = credentials_from_env()
 
@@ -228,7 +228,7 @@ def cmd_update(args: argparse.Namespace) -> int:
 
 def _ids(args: list[str]) -> list[str]:
     """Ids from the arguments; '-' reads more from stdin (whitespace or comma separated)."""
-    from service.schemas import is_customer_id
+    from service.api.schemas import is_customer_id
 
     ids: list[str] = []
     for arg in args:
@@ -243,7 +243,7 @@ def _ids(args: list[str]) -> list[str]:
 
 
 def cmd_exists(args: argparse.Namespace) -> int:
-    from service.client import XCloudError
+    from service.tools.client import XCloudError
 
     ids = _ids(args.customer_ids)
 
@@ -281,7 +281,7 @@ def _progress(total: int | None) -> Any:
 
 def cmd_import(args: argparse.Namespace) -> int:
     _require_tools("import", "tqdm")
-    from service import importer
+    from service.tools import importer
 
     path = Path(args.file)
     if not path.is_file():
@@ -382,8 +382,8 @@ def _import(
 ) -> int:
     import aiohttp
 
-    from service import importer
-    from service.client import XCloudClient, XCloudError
+    from service.tools import importer
+    from service.tools.client import XCloudClient, XCloudError
 
     url, service_id, secret = credential
 
@@ -419,7 +419,7 @@ def _import(
 
 def cmd_fake(args: argparse.Namespace) -> int:
     _require_tools("fake", "faker")
-    from service import fake
+    from service.tools import fake
 
     try:
         generated = fake.customers(

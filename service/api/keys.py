@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncpg
 from aiohttp import web
 
-from service.auth import SignedRequest
+from service.api.pagination import CursorSigner
+from service.auth.signing import SignedRequest
+from service.auth.credentials import CredentialStore
 from service.config import Settings
-from service.credentials import CredentialStore
-from service.idempotency import Answers
 from service.metrics import DatabaseGauges
 from service.outbox.wakeup import Waker
-from service.pagination import CursorSigner
+from service.usecases.unit_of_work import Answers
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
