@@ -31,8 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from service.config import Limits  # noqa: E402
-from service.db import api_keys  # noqa: E402
-from service.domain import customer  # noqa: E402
+from service.domain import api_keys, customer  # noqa: E402
 from tests.helpers import DOC_EXAMPLE  # noqa: E402
 
 KEYED_CUSTOMERS = 20_000

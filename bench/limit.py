@@ -14,8 +14,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from service.auth import credentials
 from service.config import Limits
+from service.db import nonces
 from service.domain import customer, events
 from tests.helpers import DOC_EXAMPLE
 
@@ -37,7 +37,7 @@ def minimal_script(service_id: str) -> str:
     nonce AS (
         INSERT INTO auth_nonces (service_id, nonce, expires_at)
         VALUES ({_literal(service_id)}, gen_random_uuid()::text,
-                now() + make_interval(secs => {credentials.NONCE_TTL_SECONDS}))),
+                now() + make_interval(secs => {nonces.NONCE_TTL_SECONDS}))),
     customer AS (
         INSERT INTO customers (customer_id, status, data, created_at, updated_at)
         SELECT cid, 'ACTIVE', {_literal(json.dumps(data))}::jsonb, now(), now() FROM k),

@@ -11,8 +11,8 @@ import asyncpg
 from aiokafka.errors import KafkaError
 
 from service import config, logs
-from service.auth import credentials
-from service.db import connect
+from service.auth.secretbox import SecretBox
+from service.db import connect, credentials, migrate
 from service.tools import customer_cli
 
 _SERVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -41,8 +41,8 @@ def _positive(value: str) -> int:
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = _settings()
     try:
-        applied = asyncio.run(connect.migrate(settings.database_url))
-    except connect.NoMigrations as exc:
+        applied = asyncio.run(migrate.apply(settings.database_url))
+    except migrate.NoMigrations as exc:
         print(f"xcloud: migrate: {exc}; the package is incomplete: reinstall it", file=sys.stderr)
         return 2
     print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
@@ -94,7 +94,7 @@ async def _with_conn(dsn: str, work):
 
 def cmd_clients(args: argparse.Namespace) -> int:
     settings = _settings()
-    box = credentials.SecretBox(settings.secret_key)
+    box = SecretBox(settings.secret_key)
     if args.action == "add":
         secret = asyncio.run(
             _with_conn(settings.database_url, lambda c: credentials.add(c, box, args.service_id))

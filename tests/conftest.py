@@ -12,8 +12,8 @@ from aiohttp.test_utils import TestServer
 from service import config
 from service.api import httpserver
 from service.api.app import create_app
-from service.auth import credentials
-from service.db import connect
+from service.auth.secretbox import SecretBox
+from service.db import connect, credentials, migrate
 from service.tools.client import XCloudClient
 from tests import services as services_mod
 
@@ -68,7 +68,7 @@ def settings(services: services_mod.Services) -> config.Settings:
 
 @pytest.fixture(scope="session")
 async def pool(settings: config.Settings) -> AsyncIterator[asyncpg.Pool]:
-    await connect.migrate(settings.database_url)
+    await migrate.apply(settings.database_url)
     p = await connect.create_pool(settings.database_url, size=5)
     yield p
     await p.close()
@@ -87,7 +87,7 @@ async def clean_db(pool: asyncpg.Pool) -> asyncpg.Pool:
 async def credential(clean_db: asyncpg.Pool, settings: config.Settings) -> tuple[str, str]:
     service_id = "test-service"
     async with clean_db.acquire() as conn:
-        secret = await credentials.add(conn, credentials.SecretBox(settings.secret_key), service_id)
+        secret = await credentials.add(conn, SecretBox(settings.secret_key), service_id)
     return service_id, secret
 
 

@@ -160,18 +160,18 @@ def local_services(database: str) -> dict[str, str]:
 
 async def fresh_database(urls: dict[str, str], secret_key: str, service_id: str) -> str:
     """Drop and create the working database, migrate it, add one credential; its secret."""
-    from service.auth import credentials
-    from service.db import connect
+    from service.auth.secretbox import SecretBox
+    from service.db import credentials, migrate
 
     name = urlsplit(urls["db"]).path.lstrip("/")  # a multi-host URL may carry a query
     await _admin(
         urls["base"], f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name}"
     )
-    await connect.migrate(urls["db"])
+    await migrate.apply(urls["db"])
     import asyncpg
 
     conn = await asyncpg.connect(urls["db"])
     try:
-        return await credentials.add(conn, credentials.SecretBox(secret_key), service_id)
+        return await credentials.add(conn, SecretBox(secret_key), service_id)
     finally:
         await conn.close()

@@ -29,9 +29,11 @@ from service.api.keys import (
     WAKER,
 )
 from service.api.pagination import CursorSigner
-from service.auth import credentials, signing
+from service.auth import signing
+from service.auth.credentials import CredentialStore
+from service.auth.secretbox import SecretBox
 from service.config import Settings
-from service.db import connect
+from service.db import connect, nonces
 from service.outbox.lanes import LANE_LOCK
 from service.outbox.wakeup import Waker
 from service.usecases import unit_of_work
@@ -151,7 +153,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     pool = await connect.create_pool(settings.database_url, size=settings.db_pool_size)
     app[POOL] = pool
-    app[CREDENTIALS] = credentials.CredentialStore(pool, credentials.SecretBox(settings.secret_key))
+    app[CREDENTIALS] = CredentialStore(pool, SecretBox(settings.secret_key))
     yield
     await pool.close()
 
@@ -178,7 +180,7 @@ async def _nonce_sweeper(app: web.Application) -> AsyncIterator[None]:
         while True:
             await asyncio.sleep(60)
             try:
-                while await credentials.delete_expired_nonces(app[POOL]) > 0:
+                while await nonces.delete_expired_nonces(app[POOL]) > 0:
                     pass
             except Exception:  # the next sweep tries again; requests are unaffected
                 log.warning("could not delete expired nonces", exc_info=True)

@@ -25,9 +25,10 @@ from service.api.keys import (
     WAKER,
 )
 from service.api.pagination import BadCursor, Position
-from service.auth import credentials, signing
-from service.db import api_keys, customers
-from service.domain import customer, events
+from service.auth import signing
+from service.db import api_keys as api_key_rows
+from service.db import customers, nonces
+from service.domain import api_keys, customer, events
 from service.outbox.lanes import RELAYS_SQL
 from service.usecases import unit_of_work
 
@@ -42,7 +43,7 @@ def claims_nonce(handler: Handler) -> Handler:
 
 async def claim_nonce(request: web.Request) -> None:
     caller = request[CALLER]
-    if not await credentials.claim_nonce(request.app[POOL], caller.service_id, caller.nonce):
+    if not await nonces.claim_nonce(request.app[POOL], caller.service_id, caller.nonce):
         raise signing.replayed()
 
 
@@ -225,7 +226,7 @@ _LIST_PARAMS = ("limit", "cursor", "status")
 
 def _path_customer_id(request: web.Request) -> str:
     customer_id = request.match_info["customerId"]
-    if not schemas.is_customer_id(customer_id):
+    if not customer.is_customer_id(customer_id):
         raise validation_error({"customerId": ["Not a valid customer id."]})
     return customer_id
 
@@ -265,8 +266,8 @@ async def list_customers(request: web.Request) -> web.Response:
         else:
             details["limit"] = ["Must be a whole number from 1 to 100."]
     status = query.get("status")
-    if status is not None and status not in schemas.STATUSES:
-        details["status"] = [f"Must be one of: {', '.join(schemas.STATUSES)}."]
+    if status is not None and status not in customer.STATUSES:
+        details["status"] = [f"Must be one of: {', '.join(customer.STATUSES)}."]
     after = None
     if "cursor" in query and "status" not in details:
         try:
@@ -360,7 +361,7 @@ async def rotate_api_key(request: web.Request) -> web.Response:
     key = await idempotency_key(request)
     details: dict[str, list[str]] = {}
     customer_id = request.match_info["customerId"]
-    if not schemas.is_customer_id(customer_id):
+    if not customer.is_customer_id(customer_id):
         details["customerId"] = ["Not a valid customer id."]
     slot = request.match_info["slot"]
     if slot not in api_keys.SLOTS:
@@ -378,7 +379,7 @@ async def rotate_api_key(request: web.Request) -> web.Response:
         data = {"customerId": customer_id, "slot": slot, "rotatedAt": customer.rfc3339(now)}
         event_id, payload = events.envelope(events.KEY_ROTATED, data, now)
         lane = customer.lane_of(customer_id)
-        await api_keys.rotate(
+        await api_key_rows.rotate(
             conn, customer_id, slot, new_key, now, (event_id, lane, events.KEY_ROTATED, payload)
         )
         body = {"customerId": customer_id, "slot": slot, "apiKey": new_key}
@@ -395,7 +396,7 @@ def api_key_not_found() -> ApiError:
 async def verify_api_key(request: web.Request) -> web.Response:
     doc = await json_object(request)
     try:
-        api_key = api_keys.VERIFY_REQUEST.load(doc)["apiKey"]
+        api_key = schemas.VERIFY_REQUEST.load(doc)["apiKey"]
     except ValidationError as exc:
         raise await reject(request, validation_error(schemas.dotted(exc.messages))) from None
     if not api_keys.well_formed(api_key):  # no key has this form: no lookup
@@ -403,7 +404,7 @@ async def verify_api_key(request: web.Request) -> web.Response:
         metrics.API_KEY_VERIFICATIONS.labels("malformed").inc()
         raise error
     caller = request[CALLER]
-    fresh, found = await api_keys.verify(
+    fresh, found = await api_key_rows.verify(
         request.app[POOL], caller.service_id, caller.nonce, api_key
     )
     if not fresh:
@@ -421,7 +422,7 @@ async def customers_exist(request: web.Request) -> web.Response:
     ids = request.match_info["customerId"].split(",")
     if len(ids) > 100:
         raise validation_error({"customerIds": ["At most 100 ids."]})
-    bad = [i for i in ids if not schemas.is_customer_id(i)]
+    bad = [i for i in ids if not customer.is_customer_id(i)]
     if bad:
         raise validation_error({"customerIds": ["Not a valid customer id."]})
     unique = list(dict.fromkeys(ids))

@@ -6,8 +6,8 @@ import asyncpg
 from aiohttp import web
 
 from service.api.pagination import CursorSigner
-from service.auth.signing import SignedRequest
 from service.auth.credentials import CredentialStore
+from service.auth.signing import SignedRequest
 from service.config import Settings
 from service.metrics import DatabaseGauges
 from service.outbox.wakeup import Waker

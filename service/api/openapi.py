@@ -22,7 +22,7 @@ from marshmallow import INCLUDE, Schema, fields, validate
 
 from service.api import schemas
 from service.auth import signing
-from service.db import api_keys
+from service.domain import api_keys, customer
 from service.usecases import unit_of_work
 
 TITLE = "XCloud customer registry"
@@ -134,12 +134,12 @@ _FIELD_EXTRAS: dict[tuple[type[Schema], str], dict[str, Any]] = {
             "default": default,
             "description": "Left out or null: the default.",
         }
-        for name, default in schemas.DEFAULT_SETTINGS.items()
+        for name, default in customer.DEFAULT_SETTINGS.items()
     },
     (schemas.CustomerSchema, "createdAt"): {"format": "date-time"},
     (schemas.CustomerSchema, "updatedAt"): {"format": "date-time"},
     (schemas.CustomerCreatedSchema, "createdAt"): {"format": "date-time"},
-    (schemas.CustomerCreatedSchema, "status"): {"enum": list(schemas.STATUSES)},
+    (schemas.CustomerCreatedSchema, "status"): {"enum": list(customer.STATUSES)},
 }
 
 
@@ -196,7 +196,7 @@ _HEADERS: dict[str, dict[str, Any]] = {
     },
 }
 
-_CUSTOMER_ID_PATTERN = _ecma_pattern(schemas.CUSTOMER_ID.pattern + r"\Z")
+_CUSTOMER_ID_PATTERN = _ecma_pattern(customer.CUSTOMER_ID.pattern + r"\Z")
 
 _PARAMETERS: dict[str, dict[str, Any]] = {
     unit_of_work.KEY_HEADER: {
@@ -423,7 +423,7 @@ def _paths() -> dict[str, dict[str, dict[str, Any]]]:
         {
             "in": "query",
             "name": "status",
-            "schema": {"type": "string", "enum": [*schemas.STATUSES]},
+            "schema": {"type": "string", "enum": [*customer.STATUSES]},
         },
     )
     ids = {
@@ -510,7 +510,7 @@ def _paths() -> dict[str, dict[str, dict[str, Any]]]:
                     200: _response(
                         "Rotated. The new key is shown in this answer only; the slot's old "
                         "key stopped working. A CustomerApiKeyRotated event was written.",
-                        api_keys.RotatedKeySchema,
+                        schemas.RotatedKeySchema,
                     )
                 },
                 codes={400: ("VALIDATION_ERROR",), 404: ("CUSTOMER_NOT_FOUND",)},
@@ -530,13 +530,13 @@ def _paths() -> dict[str, dict[str, dict[str, Any]]]:
             "post": _api_operation(
                 "verify_api_key",
                 "Whose API key is this: one indexed lookup, changes nothing",
-                {200: _response("A current key of a customer", api_keys.VerifiedKeySchema)},
+                {200: _response("A current key of a customer", schemas.VerifiedKeySchema)},
                 codes={
                     400: ("VALIDATION_ERROR", "INVALID_JSON"),
                     404: ("API_KEY_NOT_FOUND",),
                     415: ("UNSUPPORTED_MEDIA_TYPE",),
                 },
-                request_schema=api_keys.VerifyRequestSchema,
+                request_schema=schemas.VerifyRequestSchema,
             )
         },
         "/healthz": {

@@ -15,14 +15,13 @@ from typing import Any
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates
 
-CUSTOMER_ID = re.compile(r"FST-[0-9]{8,14}-[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-STATUSES = ("ACTIVE", "INACTIVE", "SUSPENDED")
-ALERT_FREQUENCIES = ("immediate", "hourly", "daily", "weekly", "never")
-DEFAULT_SETTINGS = {
-    "dataRetentionDays": 365,
-    "alertFrequency": "immediate",
-    "reportingEnabled": True,
-}
+from service.domain import api_keys
+from service.domain.customer import (
+    ALERT_FREQUENCIES,
+    CUSTOMER_ID,
+    STATUSES,
+)
+
 _PHONE = re.compile(r"[0-9+ .()\-]+")
 # The zone names of the tz database as shipped by the tzdata package, not whatever the
 # host's zoneinfo directory holds (which adds host files such as `localtime`).
@@ -48,10 +47,6 @@ def plain_email_ok(value: str) -> bool:
         return False
     domain = value.rpartition("@")[2].lower()
     return not any(domain == s or domain.endswith("." + s) for s in _SPECIAL_USE)
-
-
-def is_customer_id(value: str) -> bool:
-    return CUSTOMER_ID.fullmatch(value) is not None
 
 
 class Text(fields.String):
@@ -240,3 +235,26 @@ def load_create(body: dict[str, Any]) -> dict[str, Any]:
 
 def load_update(body: dict[str, Any]) -> dict[str, Any]:
     return _UPDATE.load(body)
+
+
+# --- API keys (contract section 13) ---------------------------------------------------
+
+
+class VerifyRequestSchema(Schema):
+    apiKey = fields.String(required=True)
+
+
+class VerifiedKeySchema(Schema):
+    customerId = fields.String(required=True)
+    slot = fields.String(required=True, metadata={"enum": list(api_keys.SLOTS)})
+    status = fields.String(required=True)
+
+
+class RotatedKeySchema(Schema):
+    customerId = fields.String(required=True)
+    slot = fields.String(required=True, metadata={"enum": list(api_keys.SLOTS)})
+    apiKey = fields.String(required=True, metadata={"description": "Shown this once."})
+    rotatedAt = fields.String(required=True)
+
+
+VERIFY_REQUEST = VerifyRequestSchema()

@@ -1,69 +1,16 @@
-"""Customers' API keys (contract section 13): their form, their hash, rotation and
-verification, and the SQL of the api_keys table (sql/003).
-
-A key is shown once and stored only as its SHA-256. The hash is the primary key of
-api_keys, so a hash belongs to one customer and one slot at most, by construction.
-"""
+"""The SQL of the api_keys table (sql/003): rotation and verification."""
 
 from __future__ import annotations
 
-import hashlib
-import re
-import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
-from marshmallow import Schema, fields
 
-from service.auth.credentials import CLAIM_NONCE_SQL
+from service.db.nonces import CLAIM_NONCE_SQL
+from service.domain.api_keys import key_hash
 
-SLOTS = ("primary", "secondary")
-PREFIX = "xck_"
-# The form every key has had: the prefix and 32 random bytes in URL-safe base64. Anything
-# else cannot be a key, and is answered without a database round trip.
-_FORM = re.compile(r"xck_[A-Za-z0-9_-]{43}")
-
-
-def new_key() -> str:
-    # 256 bits; the prefix lets secret scanners recognise a leaked key.
-    return PREFIX + secrets.token_urlsafe(32)
-
-
-def key_hash(key: str) -> bytes:
-    return hashlib.sha256(key.encode("utf-8")).digest()
-
-
-def well_formed(key: str) -> bool:
-    return _FORM.fullmatch(key) is not None
-
-
-# --- what callers send and get back --------------------------------------------------
-
-
-class VerifyRequestSchema(Schema):
-    apiKey = fields.String(required=True)
-
-
-class VerifiedKeySchema(Schema):
-    customerId = fields.String(required=True)
-    slot = fields.String(required=True, metadata={"enum": list(SLOTS)})
-    status = fields.String(required=True)
-
-
-class RotatedKeySchema(Schema):
-    customerId = fields.String(required=True)
-    slot = fields.String(required=True, metadata={"enum": list(SLOTS)})
-    apiKey = fields.String(required=True, metadata={"description": "Shown this once."})
-    rotatedAt = fields.String(required=True)
-
-
-VERIFY_REQUEST = VerifyRequestSchema()
-
-
-# --- SQL -----------------------------------------------------------------------------
-
-# Registration inserts both rows in its own statement (store.py); this is its CTE body.
+# Registration inserts both rows in its own statement (db/customers.py); this is its CTE body.
 INSERT_BOTH_SQL = """
     INSERT INTO api_keys (key_hash, customer_id, slot, created_at)
     SELECT k.key_hash, customer.customer_id, k.slot, {created_at}

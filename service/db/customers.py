@@ -1,5 +1,5 @@
-"""The SQL of the customers and outbox tables. Each write commits a customer change and
-its outbox row together; the database, not a read before the write, decides conflicts."""
+"""The SQL of the customers table. Each write commits a customer change and its outbox
+row together; the database, not a read before the write, decides conflicts."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 import asyncpg
 import orjson
 
-from service.auth.credentials import CLAIM_NONCE_SQL, Replayed
 from service.db import api_keys
+from service.db.nonces import CLAIM_NONCE_SQL, Replayed
 from service.usecases import unit_of_work
 
 # One round trip for a registration: claim the request's nonce, insert the customer
@@ -249,37 +249,3 @@ async def lock_customer(conn: asyncpg.Connection, customer_id: str) -> LockedCus
         f"SELECT {_COLUMNS} FROM customers WHERE customer_id = $1 FOR UPDATE", customer_id
     )
     return LockedCustomer(conn, customer_id, row)
-
-
-# --- The outbox, as the relay sees it ------------------------------------------------
-
-# Pending rows of the lanes a relay holds, in id order (= commit order per customer).
-FETCH_PENDING_SQL = """
-SELECT id, customer_id, payload FROM outbox
-WHERE published_at IS NULL AND dead_lettered_at IS NULL AND lane = ANY($1::smallint[])
-  AND NOT id = ANY($2::bigint[])  -- the batch still in flight
-ORDER BY id
-LIMIT $3
-"""
-
-MARK_PUBLISHED_SQL = "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])"
-DELETE_ACKNOWLEDGED_SQL = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
-
-RECORD_FAILURE_SQL = """
-UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1::bigint[])
-"""
-
-DEAD_LETTER_SQL = """
-UPDATE outbox SET dead_lettered_at = now(), attempts = attempts + 1, last_error = $2
-WHERE id = $1
-"""
-
-# Small batches, so retention never holds long locks or builds a huge transaction.
-DELETE_PUBLISHED_SQL = """
-DELETE FROM outbox WHERE id = ANY(ARRAY(
-    SELECT id FROM outbox
-    WHERE published_at < now() - make_interval(secs => $1)
-    ORDER BY published_at
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED))
-"""

@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from service.api.schemas import DEFAULT_SETTINGS
-from service.db import api_keys
+from service.domain import api_keys
+
+CUSTOMER_ID = re.compile(r"FST-[0-9]{8,14}-[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+STATUSES = ("ACTIVE", "INACTIVE", "SUSPENDED")
+ALERT_FREQUENCIES = ("immediate", "hourly", "daily", "weekly", "never")
+DEFAULT_SETTINGS = {
+    "dataRetentionDays": 365,
+    "alertFrequency": "immediate",
+    "reportingEnabled": True,
+}
+
+
+def is_customer_id(value: str) -> bool:
+    return CUSTOMER_ID.fullmatch(value) is not None
+
 
 # Outbox lanes: one customer's events always share a lane; see docs/relay.md.
 LANES = 32

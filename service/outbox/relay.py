@@ -21,7 +21,8 @@ from aiokafka.errors import KafkaError
 
 from service import metrics
 from service.config import Settings
-from service.db import connect, customers
+from service.db import connect
+from service.db import outbox as outbox_table
 from service.outbox import producer as kafka
 from service.outbox import retention
 from service.outbox.lanes import Lanes
@@ -324,7 +325,10 @@ class Relay:
             return []
         self.stats.fetches += 1
         return await self._conn.fetch(
-            customers.FETCH_PENDING_SQL, sorted(self._lanes.held), in_flight, self.config.batch_size
+            outbox_table.FETCH_PENDING_SQL,
+            sorted(self._lanes.held),
+            in_flight,
+            self.config.batch_size,
         )
 
     async def _send(self, rows: list[asyncpg.Record]) -> Flight:
@@ -358,22 +362,22 @@ class Relay:
             # Deleting is several times cheaper than marking: an UPDATE writes a new copy
             # of the row (payload included) and its index entries; see docs/relay.md.
             done_sql = (
-                customers.MARK_PUBLISHED_SQL
+                outbox_table.MARK_PUBLISHED_SQL
                 if self.config.retention_seconds
-                else customers.DELETE_ACKNOWLEDGED_SQL
+                else outbox_table.DELETE_ACKNOWLEDGED_SQL
             )
             await self._conn.execute(done_sql, result.acked)
             self.stats.published += len(result.acked)
             metrics.PUBLISHED.inc(len(result.acked))
         for row_id, exc in result.dead:
             log.error("outbox row %d dead-lettered: %s", row_id, type(exc).__name__)
-            await self._conn.execute(customers.DEAD_LETTER_SQL, row_id, _describe(exc))
+            await self._conn.execute(outbox_table.DEAD_LETTER_SQL, row_id, _describe(exc))
             self.stats.dead_lettered += 1
             metrics.DEAD_LETTERED.inc()
         if result.error is not None:
             if result.pending:
                 await self._conn.execute(
-                    customers.RECORD_FAILURE_SQL, result.pending, _describe(result.error)
+                    outbox_table.RECORD_FAILURE_SQL, result.pending, _describe(result.error)
                 )
             assert result.failure is not None
             raise BrokerFailed(result.error, result.failure)

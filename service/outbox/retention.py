@@ -7,7 +7,7 @@ import asyncio
 
 import asyncpg
 
-from service.db import customers
+from service.db import outbox as outbox_table
 
 BATCH = 1000
 
@@ -17,7 +17,7 @@ async def delete_expired(
 ) -> int:
     deleted = 0
     while not stopping.is_set():
-        status = await conn.execute(customers.DELETE_PUBLISHED_SQL, retention_seconds, BATCH)
+        status = await conn.execute(outbox_table.DELETE_PUBLISHED_SQL, retention_seconds, BATCH)
         count = int(status.split()[-1])
         deleted += count
         if count < BATCH:

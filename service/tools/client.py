@@ -27,8 +27,8 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from service.api.schemas import is_customer_id
 from service.auth.signing import sign_request
+from service.domain.customer import is_customer_id
 from service.usecases.unit_of_work import KEY_HEADER
 
 # "write": sent with an Idempotency-Key; "safe": changes nothing, so retried as it is.

@@ -228,7 +228,7 @@ def cmd_update(args: argparse.Namespace) -> int:
 
 def _ids(args: list[str]) -> list[str]:
     """Ids from the arguments; '-' reads more from stdin (whitespace or comma separated)."""
-    from service.api.schemas import is_customer_id
+    from service.domain.customer import is_customer_id
 
     ids: list[str] = []
     for arg in args:

@@ -14,7 +14,7 @@ from typing import Any
 from faker import Faker
 from faker.providers.geo import Provider as GeoProvider
 
-from service.api import schemas
+from service.domain.customer import ALERT_FREQUENCIES, is_customer_id
 
 # With --seed and no --timestamp the ids must not depend on the clock either.
 SEEDED_TIMESTAMP_MS = 1_700_000_000_000
@@ -76,7 +76,7 @@ def customers(
         company = fake.company()
         identifier = f"{prefix}{n}" if prefix is not None else f"{_slug(company)}-{n}"
         customer_id = f"FST-{timestamp_ms}-{identifier}"
-        if not schemas.is_customer_id(customer_id):
+        if not is_customer_id(customer_id):
             raise ValueError(f"not a valid customer id: {customer_id!r}")
         industry, sectors = rnd.choice(_INDUSTRIES)
         latitude, longitude, place, _, zone = rnd.choice(_US_PLACES)
@@ -108,7 +108,7 @@ def customers(
         }
         customer["settings"] = {
             "dataRetentionDays": rnd.choice(_RETENTION_DAYS),
-            "alertFrequency": rnd.choice(schemas.ALERT_FREQUENCIES),
+            "alertFrequency": rnd.choice(ALERT_FREQUENCIES),
             "reportingEnabled": rnd.random() < 0.8,
         }
         if rnd.random() < 0.7:

@@ -35,7 +35,8 @@ from aiohttp import web
 
 from service import metrics
 from service.api.errors import ApiError, validation_error
-from service.auth.credentials import CLAIM_NONCE_SQL, Replayed, SecretBox
+from service.auth.secretbox import SecretBox
+from service.db.nonces import CLAIM_NONCE_SQL, Replayed
 
 log = logging.getLogger("xcloud.idempotency")
 

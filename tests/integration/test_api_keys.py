@@ -9,7 +9,7 @@ import uuid
 import asyncpg
 import pytest
 
-from service.db import api_keys
+from service.domain import api_keys
 from service.outbox import relay
 from service.tools.client import NotFound
 from tests.helpers import DOC_EXAMPLE, example, row_counts

@@ -17,7 +17,9 @@ import aiohttp
 import pytest
 
 from service.api.app import create_app
-from service.auth import credentials, signing
+from service.auth import signing
+from service.auth.secretbox import SecretBox
+from service.db import credentials
 from service.tools.client import XCloudClient, make_customer_id
 from tests import attack as attacks
 from tests.helpers import DOC_EXAMPLE, example, free_port, row_counts, signed_json
@@ -164,7 +166,7 @@ async def test_header_injection_through_ids(xc, clean_db, bad_id):
 
 
 async def test_another_services_secret_does_not_work(api, clean_db, settings):
-    box = credentials.SecretBox(settings.secret_key)
+    box = SecretBox(settings.secret_key)
     async with clean_db.acquire() as conn:
         await credentials.add(conn, box, "service-a")
         secret_b = await credentials.add(conn, box, "service-b")

@@ -8,7 +8,9 @@ import time
 import pytest
 
 from service.api.app import create_app
-from service.auth import credentials, signing
+from service.auth import signing
+from service.auth.secretbox import SecretBox
+from service.db import credentials
 from service.tools.client import XCloudClient
 from tests.helpers import DOC_EXAMPLE, row_counts
 
@@ -160,9 +162,7 @@ async def test_a_replay_to_another_app_instance_is_refused(
 
 async def test_the_same_nonce_of_another_service_is_fine(api, credential, settings, clean_db):
     async with clean_db.acquire() as conn:
-        other_secret = await credentials.add(
-            conn, credentials.SecretBox(settings.secret_key), "other-service"
-        )
+        other_secret = await credentials.add(conn, SecretBox(settings.secret_key), "other-service")
     nonce = "shared-nonce-0123456789"
     first = await send(api, signed(*credential, nonce=nonce))
     body2 = BODY.replace(b"NewCustomer", b"NewCustomer2")
@@ -188,11 +188,11 @@ async def test_secrets_are_encrypted_at_rest(credential, settings, clean_db):
         "SELECT secret_encrypted FROM service_credentials WHERE service_id = $1", service_id
     )
     assert secret.encode() not in sealed
-    assert credentials.SecretBox(settings.secret_key).open(service_id, sealed) == secret.encode()
+    assert SecretBox(settings.secret_key).open(service_id, sealed) == secret.encode()
     with pytest.raises(Exception):  # noqa: B017 - any failure to open is the point
-        credentials.SecretBox("another-key-" + "x" * 40).open(service_id, sealed)
+        SecretBox("another-key-" + "x" * 40).open(service_id, sealed)
     with pytest.raises(Exception):  # noqa: B017 - bound to its service id
-        credentials.SecretBox(settings.secret_key).open("someone-else", sealed)
+        SecretBox(settings.secret_key).open("someone-else", sealed)
 
 
 async def test_client_signs_what_the_server_checks(xc, clean_db):
@@ -235,7 +235,7 @@ async def test_a_get_replay_is_refused_too(api, credential, clean_db):
 
 async def test_a_credential_sealed_under_another_key_is_refused_not_a_crash(api, clean_db):
     async with clean_db.acquire() as conn:
-        other = credentials.SecretBox("a-different-secret-key-" + "z" * 32)
+        other = SecretBox("a-different-secret-key-" + "z" * 32)
         secret = await credentials.add(conn, other, "old-key-service")
     headers = signed("old-key-service", secret)
     status, payload, _ = await send(api, headers)

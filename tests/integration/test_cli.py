@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from service.auth import credentials
+from service.auth.secretbox import SecretBox
 from tests.conftest import SECRET_KEY
 
 XCLOUD = [sys.executable, "-m", "service.cli"]
@@ -60,7 +60,7 @@ async def test_clients_add_list_revoke(env, clean_db):
     sealed = await clean_db.fetchval(
         "SELECT secret_encrypted FROM service_credentials WHERE service_id = 'svc-cli'"
     )
-    assert credentials.SecretBox(SECRET_KEY).open("svc-cli", sealed) == secret.encode()
+    assert SecretBox(SECRET_KEY).open("svc-cli", sealed) == secret.encode()
     assert secret not in added.stderr
 
     listed = run(["clients", "list"], env)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from service.db.api_keys import key_hash
 
+from service.domain.api_keys import key_hash
 from service.tools.client import XCloudClient
 from tests.conftest import SECRET_KEY
 from tests.helpers import DOC_EXAMPLE, free_port, row_counts, wait_healthy

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 
-from service.auth import credentials
+from service.auth.credentials import CredentialStore
+from service.auth.secretbox import SecretBox
+from service.db import credentials
 
 
 class CountingPool:
@@ -31,10 +33,10 @@ async def add(pool, box, service_id: str) -> bytes:
 
 
 async def test_made_up_ids_cost_at_most_one_query_a_second(clean_db, settings):
-    box = credentials.SecretBox(settings.secret_key)
+    box = SecretBox(settings.secret_key)
     secret = await add(clean_db, box, "known")
     pool = CountingPool(clean_db)
-    store = credentials.CredentialStore(pool, box)
+    store = CredentialStore(pool, box)
     assert await store.secret_for("known") == secret
     assert pool.queries == 2  # the set of ids, then the secret
     for _ in range(2000):
@@ -44,9 +46,9 @@ async def test_made_up_ids_cost_at_most_one_query_a_second(clean_db, settings):
 
 
 async def test_a_new_credential_works_within_the_miss_interval(clean_db, settings):
-    box = credentials.SecretBox(settings.secret_key)
+    box = SecretBox(settings.secret_key)
     await add(clean_db, box, "first")
-    store = credentials.CredentialStore(clean_db, box, miss_interval=0.3)
+    store = CredentialStore(clean_db, box, miss_interval=0.3)
     assert await store.secret_for("later") is None
     secret = await add(clean_db, box, "later")
     assert await store.secret_for("later") is None  # not looked for again at once
@@ -55,9 +57,9 @@ async def test_a_new_credential_works_within_the_miss_interval(clean_db, setting
 
 
 async def test_revoked_ones_stop_within_the_ttl(clean_db, settings):
-    box = credentials.SecretBox(settings.secret_key)
+    box = SecretBox(settings.secret_key)
     secret = await add(clean_db, box, "svc")
-    store = credentials.CredentialStore(clean_db, box, ttl=0.3)
+    store = CredentialStore(clean_db, box, ttl=0.3)
     assert await store.secret_for("svc") == secret
     async with clean_db.acquire() as conn:
         assert await credentials.revoke(conn, "svc")
@@ -66,12 +68,12 @@ async def test_revoked_ones_stop_within_the_ttl(clean_db, settings):
 
 
 async def test_the_cache_is_a_bounded_lru_not_emptied_when_full(clean_db, settings):
-    box = credentials.SecretBox(settings.secret_key)
+    box = SecretBox(settings.secret_key)
     ids = [f"svc-{n}" for n in range(8)]
     for service_id in ids:
         await add(clean_db, box, service_id)
     pool = CountingPool(clean_db)
-    store = credentials.CredentialStore(pool, box, max_entries=4)
+    store = CredentialStore(pool, box, max_entries=4)
     for service_id in ids:
         assert await store.secret_for(service_id) is not None
         assert await store.secret_for(ids[0]) is not None  # kept in use: stays cached

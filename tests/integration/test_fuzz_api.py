@@ -52,8 +52,9 @@ from schemathesis.core import NotSet
 
 from service import config
 from service.api.app import API_PREFIX, create_app
-from service.auth import credentials, signing
-from service.db import connect
+from service.auth import signing
+from service.auth.secretbox import SecretBox
+from service.db import connect, credentials, migrate
 
 # Hypothesis keeps caches (not examples: database=None) under .hypothesis/ of the working
 # directory; keep them with the project's other caches, which git ignores.
@@ -116,13 +117,13 @@ class ThreadServer:
             self.loop.close()
 
     async def _start(self) -> None:
-        await connect.migrate(self.settings.database_url)
+        await migrate.apply(self.settings.database_url)
         self._pool = await connect.create_pool(self.settings.database_url, size=2)
         await self._pool.execute(
             "TRUNCATE customers, outbox, auth_nonces, service_credentials RESTART IDENTITY"
         )
         async with self._pool.acquire() as conn:
-            box = credentials.SecretBox(self.settings.secret_key)
+            box = SecretBox(self.settings.secret_key)
             self.secret = await credentials.add(conn, box, SERVICE_ID)
         self._runner = web.AppRunner(create_app(self.settings), access_log=None)
         await self._runner.setup()

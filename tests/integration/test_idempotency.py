@@ -12,7 +12,8 @@ from cryptography.exceptions import InvalidTag
 
 from service import config
 from service.api.app import create_app
-from service.auth import credentials
+from service.auth.secretbox import SecretBox
+from service.db import credentials
 from service.tools.client import XCloudClient
 from service.usecases import unit_of_work
 from tests.conftest import SECRET_KEY
@@ -212,9 +213,7 @@ async def test_keys_are_per_service(api, xc, clean_db, settings):
     # Added before the first request: a credential created later is known to a running
     # process only after its next refresh (up to 1 s; test_credential_cache.py).
     async with clean_db.acquire() as conn:
-        other_secret = await credentials.add(
-            conn, credentials.SecretBox(settings.secret_key), "other-service"
-        )
+        other_secret = await credentials.add(conn, SecretBox(settings.secret_key), "other-service")
     assert (await send(xc, "POST", PATH, DOC_EXAMPLE, key="shared")).status == 201
     async with XCloudClient(str(api.make_url("")), "other-service", other_secret) as other:
         theirs = await send(other, "POST", PATH, DOC_EXAMPLE, key="shared")
@@ -279,7 +278,7 @@ async def test_stored_answers_are_sealed(xc, clean_db, credential):
         mine.open(credential[0], "other-key", stored)
     # Nor can the service secrets' key open it (its own derived key).
     with pytest.raises(InvalidTag):
-        credentials.SecretBox(SECRET_KEY).open_bytes(f"{credential[0]}\x00sealed".encode(), stored)
+        SecretBox(SECRET_KEY).open_bytes(f"{credential[0]}\x00sealed".encode(), stored)
 
 
 def test_ttl_setting(settings):

@@ -8,13 +8,13 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from service.db import connect
+from service.db import migrate
 
 
 async def test_migrate_is_safe_to_run_again(settings, pool):
-    assert await connect.migrate(settings.database_url) == []
+    assert await migrate.apply(settings.database_url) == []
     applied = {r["version"] for r in await pool.fetch("SELECT version FROM schema_migrations")}
-    assert applied == {version for version, _ in connect.migrations()}
+    assert applied == {version for version, _ in migrate.migrations()}
 
 
 async def test_a_committed_row_is_seen_by_another_connection(settings, clean_db):

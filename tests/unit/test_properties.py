@@ -22,6 +22,7 @@ from multidict import CIMultiDict
 
 from service.api import schemas
 from service.auth import signing
+from service.domain import customer
 from tests.helpers import example
 
 # Hypothesis keeps caches (not examples: database=None) under .hypothesis/ of the working
@@ -385,7 +386,7 @@ ID_CHARACTERS = set(string.ascii_letters + string.digits + "_-")
 @PROPERTY
 def test_ids_of_the_contract_pattern_pass(customer_id: str) -> None:
     assert re.fullmatch(CONTRACT_CUSTOMER_ID, customer_id)
-    assert schemas.is_customer_id(customer_id)
+    assert customer.is_customer_id(customer_id)
     assert load(put(BASE, "customerId", customer_id))[0] is not None
 
 
@@ -400,7 +401,7 @@ def test_ids_of_the_contract_pattern_pass(customer_id: str) -> None:
 @PROPERTY
 def test_ids_with_a_foreign_character_added_fail(customer_id: str, extra: str, where: str) -> None:
     bad = customer_id + extra if where == "end" else extra + customer_id
-    assert not schemas.is_customer_id(bad)
+    assert not customer.is_customer_id(bad)
     assert "customerId" in load(put(BASE, "customerId", bad))[1]
 
 
@@ -426,7 +427,7 @@ def test_ids_with_a_part_too_long_or_too_short_fail(customer_id: str, data: st.D
             ]
         )
     )
-    assert not schemas.is_customer_id(bad)
+    assert not customer.is_customer_id(bad)
     assert "customerId" in load(put(BASE, "customerId", bad))[1]
 
 

@@ -6,6 +6,7 @@ import pytest
 from marshmallow import ValidationError
 
 from service.api import schemas
+from service.domain import customer
 from tests.helpers import example
 
 
@@ -44,7 +45,7 @@ def test_retention_days_must_be_a_real_integer(value):
     ["FST-12345678-a", "FST-20240101-Customer_1", "FST-12345678901234-" + "a" * 64],
 )
 def test_customer_id_forms_that_pass(cid):
-    assert schemas.is_customer_id(cid)
+    assert customer.is_customer_id(cid)
 
 
 @pytest.mark.parametrize(
@@ -60,7 +61,7 @@ def test_customer_id_forms_that_pass(cid):
     ],
 )
 def test_customer_id_forms_that_fail(cid):
-    assert not schemas.is_customer_id(cid)
+    assert not customer.is_customer_id(cid)
     assert "customerId" in errors(example(customerId=cid))
 
 
