@@ -33,7 +33,7 @@ from service.auth import signing
 from service.auth.credentials import CredentialStore
 from service.auth.secretbox import SecretBox
 from service.config import Settings
-from service.db import connect, nonces
+from service.db import connect, idempotency_keys, nonces
 from service.outbox.lanes import LANE_LOCK
 from service.outbox.wakeup import Waker
 from service.usecases import unit_of_work
@@ -138,8 +138,11 @@ async def auth_middleware(request: web.Request, handler: handlers.Handler) -> we
     signing.check_content_md5(signed, body)
     request[BODY] = body
     request[CALLER] = signed
-    if not getattr(request.match_info.handler, "claims_nonce", False):
-        await handlers.claim_nonce(request)
+    claimed_later = getattr(request.match_info.handler, "claims_nonce", False)  # a write
+    if not claimed_later and not await nonces.claim_nonce(
+        request.app[POOL], signed.service_id, signed.nonce
+    ):
+        raise signing.replayed()
     return await handler(request)
 
 
@@ -175,28 +178,28 @@ async def _gauge_refresher(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
-async def _nonce_sweeper(app: web.Application) -> AsyncIterator[None]:
+async def _sweeper(app: web.Application) -> AsyncIterator[None]:
+    """Deletes expired nonces and stored answers, in small batches, every minute."""
+
     async def sweep() -> None:
         while True:
             await asyncio.sleep(60)
-            try:
-                while await nonces.delete_expired_nonces(app[POOL]) > 0:
-                    pass
-            except Exception:  # the next sweep tries again; requests are unaffected
-                log.warning("could not delete expired nonces", exc_info=True)
+            for table in (nonces.delete_expired_nonces, idempotency_keys.delete_expired):
+                try:
+                    deleted = await table(app[POOL])
+                    while deleted > 0:
+                        await asyncio.sleep(0)  # let requests in between batches
+                        deleted = await table(app[POOL])
+                except Exception:  # the next sweep tries again; requests are unaffected
+                    log.warning("could not delete expired rows", exc_info=True)
 
+    settings = app[SETTINGS]
+    app[ANSWERS] = unit_of_work.Answers(settings.secret_key, settings.idempotency_ttl_seconds)
     task = asyncio.create_task(sweep())
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-
-
-async def _idempotency(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    app[ANSWERS] = unit_of_work.Answers(settings.secret_key, settings.idempotency_ttl_seconds)
-    async with unit_of_work.sweeping(app[POOL]):
-        yield
 
 
 async def _waker(app: web.Application) -> AsyncIterator[None]:
@@ -221,7 +224,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[CURSORS] = CursorSigner(settings.secret_key)
-    app.cleanup_ctx.extend([_database, _gauge_refresher, _nonce_sweeper, _idempotency, _waker])
+    app.cleanup_ctx.extend([_database, _gauge_refresher, _sweeper, _waker])
     if settings.metrics_port is None:
         _add_ops_routes(app)
     app.router.add_get("/openapi.json", handlers.openapi, allow_head=False)

@@ -25,9 +25,11 @@ class ApiError(Exception):
         self.headers = headers or {}
         self.extra = extra
 
+    def body(self) -> dict[str, Any]:
+        return {"error": self.code, "message": self.message, **self.extra}
+
     def response(self) -> web.Response:
-        body = {"error": self.code, "message": self.message, **self.extra}
-        return json_response(body, status=self.status, headers=self.headers)
+        return json_response(self.body(), status=self.status, headers=self.headers)
 
 
 def json_response(

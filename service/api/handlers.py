@@ -1,8 +1,14 @@
-"""Route handlers: parse, call the domain and the store, answer. Nothing else."""
+"""Route handlers: parse the request, call a use case (writes) or read a view (reads),
+and turn the result into HTTP. Nothing else.
+
+A write's nonce is claimed by its unit of work (`write`), whatever its handler raises
+before the write; a read's by the middleware, before the handler runs.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -11,108 +17,111 @@ from aiohttp import web
 from marshmallow import ValidationError
 
 from service import metrics
-from service.api import jsonbody, schemas
+from service.api import idempotency, jsonbody, schemas
 from service.api.errors import ApiError, customer_not_found, json_response, validation_error
-from service.api.keys import (
-    ANSWERS,
-    BODY,
-    CALLER,
-    CURSORS,
-    GAUGES,
-    IDEMPOTENCY_KEY,
-    POOL,
-    SETTINGS,
-    WAKER,
-)
+from service.api.keys import ANSWERS, BODY, CALLER, CURSORS, GAUGES, POOL, SETTINGS, WAKER
 from service.api.pagination import BadCursor, Position
 from service.auth import signing
-from service.db import api_keys as api_key_rows
-from service.db import customers, nonces
-from service.domain import api_keys, customer, events
+from service.db import customers
+from service.domain import api_keys, customer
 from service.outbox.lanes import RELAYS_SQL
-from service.usecases import unit_of_work
+from service.usecases import api_keys as key_cases
+from service.usecases import customers as customer_cases
+from service.usecases.unit_of_work import (
+    Answer,
+    KeyInUse,
+    KeyReused,
+    Replayed,
+    Request,
+    UnitOfWork,
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+WriteHandler = Callable[[web.Request, UnitOfWork], Awaitable[web.StreamResponse]]
 
 
-def claims_nonce(handler: Handler) -> Handler:
-    """Marks a handler that claims the request's nonce in its own write statement."""
-    handler.claims_nonce = True  # type: ignore[attr-defined]
-    return handler
+def write(handler: WriteHandler) -> Handler:
+    """A write route: its handler gets the request's unit of work. Whatever the handler
+    raises before the write (a bad key, body or path), the unit of work claims the nonce
+    first, so a replay is answered 401 before anything, and a refused request that reuses
+    a key with a stored answer gets 422 (it differs from the stored one, which passed)."""
+
+    @functools.wraps(handler)
+    async def route(request: web.Request) -> web.StreamResponse:
+        caller = request[CALLER]
+        uow = UnitOfWork(
+            request.app[POOL],
+            request.app[ANSWERS],
+            request.app[WAKER],
+            Request(
+                caller.service_id,
+                caller.nonce,
+                request.method,
+                request.path,
+                request.match_info.route.resource.canonical,
+            ),
+        )
+        try:
+            return await handler(request, uow)
+        except (Replayed, KeyInUse, KeyReused) as exc:
+            raise _refusal(exc) from None
+        except Exception:
+            if uow.claimed:
+                raise
+            try:
+                await uow.refuse()
+            except (Replayed, KeyReused) as exc:
+                raise _refusal(exc) from None
+            raise
+
+    route.claims_nonce = True  # type: ignore[attr-defined]
+    return route
 
 
-async def claim_nonce(request: web.Request) -> None:
-    caller = request[CALLER]
-    if not await nonces.claim_nonce(request.app[POOL], caller.service_id, caller.nonce):
-        raise signing.replayed()
+def _refusal(exc: Exception) -> Exception:
+    if isinstance(exc, Replayed):
+        return signing.replayed()
+    return idempotency.in_use() if isinstance(exc, KeyInUse) else idempotency.reused()
 
 
-async def reject(request: web.Request, error: ApiError) -> ApiError:
-    """A handler that claims its nonce itself must still answer a replay before anything.
-    A request refused before its write that reuses a key with a stored answer differs
-    from the stored request (which passed these checks): 422, as contract 12 says."""
-    await claim_nonce(request)
-    key = request.get(IDEMPOTENCY_KEY)
-    if key is not None and await unit_of_work.key_used(
-        request.app[POOL], request[CALLER].service_id, key
-    ):
-        return unit_of_work.reused()
-    return error
-
-
-async def idempotency_key(request: web.Request) -> str | None:
-    """The validated Idempotency-Key of a write (400 for a bad one), remembered on the
-    request for `reject`."""
-    try:
-        key = unit_of_work.key_of(request.headers)
-    except ApiError as exc:
-        raise await reject(request, exc) from None
-    if key is not None:
-        request[IDEMPOTENCY_KEY] = key
-    return key
-
-
-def write_scope(request: web.Request, key: str | None, body: Any) -> unit_of_work.Scope:
-    caller = request[CALLER]
-    return unit_of_work.Scope(
-        caller.service_id,
-        caller.nonce,
-        key,
-        unit_of_work.fingerprint(request.method, request.path, body),
-        request.match_info.route.resource.canonical,
+def _http(answer: Answer) -> web.Response:
+    headers = dict(answer.headers)
+    if answer.replayed:
+        headers[idempotency.REPLAYED_HEADER] = "true"
+    return web.Response(
+        body=answer.body,
+        status=answer.status,
+        headers=headers,
+        content_type="application/json",
+        charset="utf-8",
     )
 
 
-async def write_transaction(
-    request: web.Request,
-    scope: unit_of_work.Scope,
-    effects: unit_of_work.Effects | None,
-    combined: unit_of_work.Combined | None = None,
-) -> web.Response:
-    """`effects` in the transaction that claims the nonce and keeps the key's answer."""
-    try:
-        response = await unit_of_work.write_transaction(
-            request.app[POOL], request.app[ANSWERS], scope, effects, combined
-        )
-    except customers.Replayed:
-        raise signing.replayed() from None
-    request.app[WAKER].poke()  # committed: the relays may publish its event now
-    return response
+def _json_answer(body: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> Answer:
+    return Answer(status, orjson.dumps(body), headers or {})
 
 
-async def json_object(request: web.Request) -> dict[str, Any]:
+def _error_answer(error: ApiError) -> Answer:
+    return _json_answer(error.body(), status=error.status, headers=error.headers)
+
+
+def json_object(request: web.Request) -> dict[str, Any]:
     if request.content_type != "application/json":
-        raise await reject(
-            request,
-            ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "Content-Type must be application/json"),
-        )
+        raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "Content-Type must be application/json")
     try:
         doc = jsonbody.loads(request[BODY])
     except jsonbody.InvalidJson as exc:
-        raise await reject(request, ApiError(400, "INVALID_JSON", str(exc))) from None
+        raise ApiError(400, "INVALID_JSON", str(exc)) from None
     if not isinstance(doc, dict):
-        raise await reject(request, ApiError(400, "INVALID_JSON", "The body must be a JSON object"))
+        raise ApiError(400, "INVALID_JSON", "The body must be a JSON object")
     return doc
+
+
+def _valid(load: Callable[[dict[str, Any]], dict[str, Any]], doc: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return load(doc)
+    except ValidationError as exc:
+        raise validation_error(schemas.dotted(exc.messages)) from None
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -143,80 +152,38 @@ async def openapi(request: web.Request) -> web.Response:
     return json_response(build_spec())
 
 
-@claims_nonce
-async def register_customer(request: web.Request) -> web.Response:
-    key = await idempotency_key(request)
-    doc = await json_object(request)
-    try:
-        valid = schemas.load_create(doc)
-    except ValidationError as exc:
-        raise await reject(request, validation_error(schemas.dotted(exc.messages))) from None
+@write
+async def register_customer(request: web.Request, uow: UnitOfWork) -> web.StreamResponse:
+    uow.key = idempotency.key_of(request.headers)
+    uow.body = doc = json_object(request)
+    valid = _valid(schemas.load_create, doc)
 
-    settings = request.app[SETTINGS]
-    customer_id = valid["customerId"]
-    now = customer.utc_now()
-    data = customer.mutable_fields(valid, settings.limits.as_json())
-    keys = customer.ApiKeys.generate()
-    representation = customer.representation(customer_id, valid["status"], data, now, now)
-    event_id, payload = events.envelope(events.REGISTERED, representation, now)
-    caller = request[CALLER]
-    new = customers.NewCustomer(customer_id, valid["status"], data, now, keys.hashes())
-    event = customers.Event(event_id, customer.lane_of(customer_id), payload)
+    def render(result: customer_cases.Registered) -> Answer:
+        shown = result.representation
+        if not result.created:
+            return _error_answer(customer_exists(shown["customerId"]))
+        body = {
+            "customerId": shown["customerId"],
+            "customerName": shown["customerName"],
+            "status": shown["status"],
+            "createdAt": shown["createdAt"],
+            "apiKeys": {"primary": result.keys.primary, "secondary": result.keys.secondary},
+            "limits": shown["limits"],
+        }
+        location = f"/xcloud/v1/customers/{shown['customerId']}"
+        return _json_answer(body, status=201, headers={"Location": location})
 
-    exists = ApiError(
+    limits = request.app[SETTINGS].limits.as_json()
+    return _http(await customer_cases.register(uow, valid, limits, render))
+
+
+def customer_exists(customer_id: str) -> ApiError:
+    return ApiError(
         409,
         "CUSTOMER_EXISTS",
         f"Customer with ID '{customer_id}' already exists",
         customerId=customer_id,
     )
-
-    def answer(created: bool) -> web.Response:
-        if not created:
-            raise exists
-        body = {
-            "customerId": customer_id,
-            "customerName": data["customerName"],
-            "status": valid["status"],
-            "createdAt": representation["createdAt"],
-            "apiKeys": {"primary": keys.primary, "secondary": keys.secondary},
-            "limits": data["limits"],
-        }
-        return json_response(
-            body, status=201, headers={"Location": f"/xcloud/v1/customers/{customer_id}"}
-        )
-
-    if key is None:  # the one-statement path
-        try:
-            created = await customers.register(
-                request.app[POOL], caller.service_id, caller.nonce, new, event
-            )
-        except customers.Replayed:
-            raise signing.replayed() from None
-        return answer(created)
-
-    scope = write_scope(request, key, doc)
-    answers = request.app[ANSWERS]
-    created_answer, exists_answer = answer(True), exists.response()
-
-    async def combined(conn: Any) -> tuple[Any, web.Response]:
-        # Both possible answers sealed ahead: the statement stores the one that happens.
-        headers, created_body = unit_of_work.stored_form(answers, scope, created_answer)
-        _, exists_body = unit_of_work.stored_form(answers, scope, exists_answer)
-        row = await customers.register_keyed(
-            conn,
-            caller.service_id,
-            caller.nonce,
-            new,
-            event,
-            customers.KeyedAnswers(
-                key, scope.request_hash, headers, created_body, exists_body, answers.ttl_seconds
-            ),
-        )
-        if row["request_hash"] is not None:
-            return row, created_answer  # a stored answer: replayed, nothing written
-        return None, created_answer if row["created"] else exists_answer
-
-    return await write_transaction(request, scope, None, combined)
 
 
 # --- reads and updates (contract sections 5-8) ------------------------------------
@@ -229,16 +196,6 @@ def _path_customer_id(request: web.Request) -> str:
     if not customer.is_customer_id(customer_id):
         raise validation_error({"customerId": ["Not a valid customer id."]})
     return customer_id
-
-
-def _represent(row: Any) -> dict[str, Any]:
-    return customer.representation(
-        row["customer_id"],
-        row["status"],
-        orjson.loads(row["data"]),
-        row["created_at"],
-        row["updated_at"],
-    )
 
 
 def _etag(row: Any) -> str:
@@ -290,7 +247,7 @@ async def list_customers(request: web.Request) -> web.Response:
         next_cursor = request.app[CURSORS].encode(
             Position(last["created_at"], last["customer_id"]), status
         )
-    body = {"customers": [_represent(r) for r in page], "nextCursor": next_cursor}
+    body = {"customers": [customer_cases.represent(r) for r in page], "nextCursor": next_cursor}
     return json_response(body)
 
 
@@ -302,63 +259,39 @@ async def get_customer(request: web.Request) -> web.Response:
     tag = _etag(row)
     if _matches(request.headers.get("If-None-Match", ""), tag):
         return web.Response(status=304, headers={"ETag": tag})
-    return json_response(_represent(row), headers={"ETag": tag})
+    return json_response(customer_cases.represent(row), headers={"ETag": tag})
 
 
-@claims_nonce
-async def update_customer(request: web.Request) -> web.Response:
-    key = await idempotency_key(request)
-    try:
-        customer_id = _path_customer_id(request)
-    except ApiError as exc:
-        raise await reject(request, exc) from None
-    doc = await json_object(request)
-    try:
-        valid = schemas.load_update(doc)
-    except ValidationError as exc:
-        raise await reject(request, validation_error(schemas.dotted(exc.messages))) from None
+@write
+async def update_customer(request: web.Request, uow: UnitOfWork) -> web.StreamResponse:
+    uow.key = idempotency.key_of(request.headers)
+    customer_id = _path_customer_id(request)
+    uow.body = doc = json_object(request)
+    valid = _valid(schemas.load_update, doc)
     if valid.get("customerId", customer_id) != customer_id:
-        raise await reject(
-            request, validation_error({"customerId": ["Must equal the customer id in the path."]})
-        )
-
+        raise validation_error({"customerId": ["Must equal the customer id in the path."]})
     if_match = request.headers.get("If-Match")
+    matches = None if if_match is None else functools.partial(_matches, if_match)
+    effects = customer_cases.update(customer_id, valid, matches)
+    return _http(await uow.run(effects, _updated))
 
-    async def effects(conn: Any) -> web.Response:
-        locked = await customers.lock_customer(conn, customer_id)
-        row = locked.row
-        if row is None:
-            raise customer_not_found(customer_id)
-        if if_match is not None and not _matches(if_match, _etag(row)):
-            raise ApiError(412, "PRECONDITION_FAILED", "If-Match does not match the current ETag")
-        old = orjson.loads(row["data"])
-        data = customer.mutable_fields(valid, old["limits"])
-        if data == old and valid["status"] == row["status"]:
-            body, tag = _represent(row), _etag(row)  # nothing changed: no event
-        else:
-            now = max(customer.utc_now(), row["updated_at"])
-            body = customer.representation(
-                customer_id, valid["status"], data, row["created_at"], now
-            )
-            event_id, payload = events.envelope(events.UPDATED, body, now)
-            version = await locked.save(
-                valid["status"],
-                data,
-                now,
-                customers.Event(event_id, customer.lane_of(customer_id), payload),
-            )
-            tag = customer.etag(customer_id, version, now)
-        return json_response(body, headers={"ETag": tag})
 
-    return await write_transaction(request, write_scope(request, key, doc), effects)
+def _updated(result: customer_cases.UpdateResult) -> Answer:
+    if isinstance(result, customer_cases.NotFound):
+        return _error_answer(customer_not_found(result.customer_id))
+    if isinstance(result, customer_cases.PreconditionFailed):
+        return _error_answer(
+            ApiError(412, "PRECONDITION_FAILED", "If-Match does not match the current ETag")
+        )
+    return _json_answer(result.representation, headers={"ETag": result.etag})
 
 
 # --- API keys (contract section 13) --------------------------------------------------
 
 
-@claims_nonce
-async def rotate_api_key(request: web.Request) -> web.Response:
-    key = await idempotency_key(request)
+@write
+async def rotate_api_key(request: web.Request, uow: UnitOfWork) -> web.StreamResponse:
+    uow.key = idempotency.key_of(request.headers)
     details: dict[str, list[str]] = {}
     customer_id = request.match_info["customerId"]
     if not customer.is_customer_id(customer_id):
@@ -369,46 +302,29 @@ async def rotate_api_key(request: web.Request) -> web.Response:
     if request[BODY]:
         details["_schema"] = ["This request takes no body."]
     if details:
-        raise await reject(request, validation_error(details))
+        raise validation_error(details)
+    return _http(await uow.run(key_cases.rotate(customer_id, slot), _rotated))
 
-    async def effects(conn: Any) -> web.Response:
-        if (await customers.lock_customer(conn, customer_id)).row is None:
-            raise customer_not_found(customer_id)
-        now = customer.utc_now()
-        new_key = api_keys.new_key()
-        data = {"customerId": customer_id, "slot": slot, "rotatedAt": customer.rfc3339(now)}
-        event_id, payload = events.envelope(events.KEY_ROTATED, data, now)
-        lane = customer.lane_of(customer_id)
-        await api_key_rows.rotate(
-            conn, customer_id, slot, new_key, now, (event_id, lane, events.KEY_ROTATED, payload)
-        )
-        body = {"customerId": customer_id, "slot": slot, "apiKey": new_key}
-        return json_response({**body, "rotatedAt": data["rotatedAt"]})
 
-    return await write_transaction(request, write_scope(request, key, None), effects)
+def _rotated(result: key_cases.Rotated | customer_cases.NotFound) -> Answer:
+    if isinstance(result, customer_cases.NotFound):
+        return _error_answer(customer_not_found(result.customer_id))
+    body = {"customerId": result.customer_id, "slot": result.slot, "apiKey": result.api_key}
+    return _json_answer({**body, "rotatedAt": result.rotated_at})
 
 
 def api_key_not_found() -> ApiError:
     return ApiError(404, "API_KEY_NOT_FOUND", "No customer holds this API key")
 
 
-@claims_nonce
-async def verify_api_key(request: web.Request) -> web.Response:
-    doc = await json_object(request)
-    try:
-        api_key = schemas.VERIFY_REQUEST.load(doc)["apiKey"]
-    except ValidationError as exc:
-        raise await reject(request, validation_error(schemas.dotted(exc.messages))) from None
+@write
+async def verify_api_key(request: web.Request, uow: UnitOfWork) -> web.StreamResponse:
+    api_key = _valid(schemas.VERIFY_REQUEST.load, json_object(request))["apiKey"]
     if not api_keys.well_formed(api_key):  # no key has this form: no lookup
-        error = await reject(request, api_key_not_found())  # a replayed nonce: 401 first
+        await uow.refuse()  # a replayed nonce: 401 first
         metrics.API_KEY_VERIFICATIONS.labels("malformed").inc()
-        raise error
-    caller = request[CALLER]
-    fresh, found = await api_key_rows.verify(
-        request.app[POOL], caller.service_id, caller.nonce, api_key
-    )
-    if not fresh:
-        raise signing.replayed()
+        raise api_key_not_found()
+    found = await key_cases.verify(uow, api_key)
     if found is None:
         metrics.API_KEY_VERIFICATIONS.labels("unknown").inc()
         raise api_key_not_found()

@@ -24,4 +24,3 @@ WAKER = web.AppKey("waker", Waker)  # wakes the relays after this process's comm
 REQUEST_ID = web.RequestKey("request_id", str)
 CALLER = web.RequestKey("caller", SignedRequest)  # authenticated, nonce not claimed yet
 BODY = web.RequestKey("body", bytes)
-IDEMPOTENCY_KEY = web.RequestKey("idempotency_key", str)  # set once validated

@@ -20,7 +20,7 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import INCLUDE, Schema, fields, validate
 
-from service.api import schemas
+from service.api import idempotency, schemas
 from service.auth import signing
 from service.domain import api_keys, customer
 from service.usecases import unit_of_work
@@ -189,7 +189,7 @@ _HEADERS: dict[str, dict[str, Any]] = {
         "schema": {"type": "string"},
     },
     "Retry-After": {"description": "Seconds.", "schema": {"type": "integer"}},
-    unit_of_work.REPLAYED_HEADER: {
+    idempotency.REPLAYED_HEADER: {
         "description": "`true` on the stored answer of an earlier request with the same "
         "Idempotency-Key; absent on a first answer.",
         "schema": {"type": "string", "enum": ["true"]},
@@ -199,9 +199,9 @@ _HEADERS: dict[str, dict[str, Any]] = {
 _CUSTOMER_ID_PATTERN = _ecma_pattern(customer.CUSTOMER_ID.pattern + r"\Z")
 
 _PARAMETERS: dict[str, dict[str, Any]] = {
-    unit_of_work.KEY_HEADER: {
+    idempotency.KEY_HEADER: {
         "in": "header",
-        "name": unit_of_work.KEY_HEADER,
+        "name": idempotency.KEY_HEADER,
         "description": "Optional (contract section 12). The first answer 200, 201, 404, 409 "
         "or 412 is stored with the write for 24 hours (XCLOUD_IDEMPOTENCY_TTL_SECONDS) per "
         "service id; the same method, path and body (as parsed JSON) with the same key gets "
@@ -330,7 +330,7 @@ def _api_operation(
     if idempotent:  # contract section 12
         codes = {**codes, 409: (*codes.get(409, ()), "IDEMPOTENCY_KEY_IN_USE")}
         codes[422] = ("IDEMPOTENCY_KEY_REUSED",)
-        parameters = (*parameters, unit_of_work.KEY_HEADER)
+        parameters = (*parameters, idempotency.KEY_HEADER)
     for status, own in codes.items():
         shared[status] = own + shared.get(status, ())
     failures = {status: _failure(status, c, with_body=with_body) for status, c in shared.items()}
@@ -339,7 +339,7 @@ def _api_operation(
         for status in unit_of_work.STORED_STATUSES & set(responses):
             headers = {
                 **responses[status]["headers"],
-                unit_of_work.REPLAYED_HEADER: unit_of_work.REPLAYED_HEADER,
+                idempotency.REPLAYED_HEADER: idempotency.REPLAYED_HEADER,
             }
             responses[status] = {**responses[status], "headers": headers}
     signing = ["X-XCloud-Timestamp", "X-XCloud-Nonce"]

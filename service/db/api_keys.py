@@ -7,7 +7,7 @@ from datetime import datetime
 
 import asyncpg
 
-from service.db.nonces import CLAIM_NONCE_SQL
+from service.db.nonces import CLAIM_NONCE_SQL, Replayed
 from service.domain.api_keys import key_hash
 
 # Registration inserts both rows in its own statement (db/customers.py); this is its CTE body.
@@ -72,11 +72,11 @@ async def rotate(
     )
 
 
-async def verify(
-    pool: asyncpg.Pool, service_id: str, nonce: str, key: str
-) -> tuple[bool, Verified | None]:
-    """(whether the nonce was fresh, the key's owner or None)."""
+async def verify(pool: asyncpg.Pool, service_id: str, nonce: str, key: str) -> Verified | None:
+    """The key's owner, or None; raises Replayed for a used nonce."""
     row = await pool.fetchrow(VERIFY_SQL, service_id, nonce, key_hash(key))
+    if not row["fresh_nonce"]:
+        raise Replayed
     if row["customer_id"] is None:
-        return row["fresh_nonce"], None
-    return row["fresh_nonce"], Verified(row["customer_id"], row["slot"], row["status"])
+        return None
+    return Verified(row["customer_id"], row["slot"], row["status"])

@@ -11,9 +11,8 @@ from typing import Any
 import asyncpg
 import orjson
 
-from service.db import api_keys
+from service.db import api_keys, idempotency_keys
 from service.db.nonces import CLAIM_NONCE_SQL, Replayed
-from service.usecases import unit_of_work
 
 # One round trip for a registration: claim the request's nonce, insert the customer
 # unless its id exists (the primary key decides, under concurrency too), and insert its
@@ -45,18 +44,18 @@ _REGISTER_SQL = _REGISTER_TEMPLATE.format(
     answer_columns="",
 )
 # With an Idempotency-Key, inside the transaction that claimed the nonce and holds the
-# key's lock (unit_of_work.write_transaction): the same statement also looks the key up,
+# key's lock (usecases/unit_of_work.py): the same statement also looks the key up,
 # writes nothing when an answer is stored, and else stores its own (201 or 409), sealed
 # ahead for both outcomes. $12 key, $13 request hash, $14 201's headers, $15 201's body,
 # $16 409's body, $17 time to live.
 _CREATED = "EXISTS (SELECT 1 FROM customer)"
 _REGISTER_KEYED_SQL = _REGISTER_TEMPLATE.format(
     nonce="SELECT $1::text, $2::text",  # claimed already: only echoed
-    prior=f"\nprior AS ({unit_of_work.prior_sql('$1', '$12')}),",
+    prior=f"\nprior AS ({idempotency_keys.prior_sql('$1', '$12')}),",
     guard="NOT EXISTS (SELECT 1 FROM prior)",
     keys=_KEYS_CTE,
     answer=",\nanswer AS ("
-    + unit_of_work.store_sql(
+    + idempotency_keys.store_sql(
         "$1",
         "$12",
         "$13",
@@ -244,7 +243,7 @@ class LockedCustomer:
 
 async def lock_customer(conn: asyncpg.Connection, customer_id: str) -> LockedCustomer:
     """The customer under FOR UPDATE (row None when unknown), in the caller's transaction,
-    which has claimed the request's nonce (unit_of_work.write_transaction)."""
+    which has claimed the request's nonce (usecases/unit_of_work.py)."""
     row = await conn.fetchrow(
         f"SELECT {_COLUMNS} FROM customers WHERE customer_id = $1 FOR UPDATE", customer_id
     )

@@ -27,9 +27,9 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from service.api.idempotency import KEY_HEADER
 from service.auth.signing import sign_request
 from service.domain.customer import is_customer_id
-from service.usecases.unit_of_work import KEY_HEADER
 
 # "write": sent with an Idempotency-Key; "safe": changes nothing, so retried as it is.
 ENDPOINTS: dict[str, dict[str, Any]] = {

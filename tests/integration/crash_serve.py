@@ -16,34 +16,46 @@ import signal
 import sys
 
 from service import cli
-from service.usecases import unit_of_work
+from service.usecases.unit_of_work import UnitOfWork
 
 MODE = os.environ["XCLOUD_TEST_KILL"]
-_write_transaction = unit_of_work.write_transaction
+_keyed = UnitOfWork._keyed
+_keyed_statement = UnitOfWork.keyed_statement
+_finish = UnitOfWork._finish
 
 
 def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-async def write_transaction(pool, answers, scope, effects, combined=None):
-    if scope.key is None:
-        return await _write_transaction(pool, answers, scope, effects, combined)
+async def keyed(self, conn, key, effects, render):
+    outcome = await _keyed(self, conn, key, effects, render)
     if MODE == "before-commit":
-
-        async def dying(conn):
-            await (combined or effects)(conn)  # written, not committed
-            _die()
-
-        if combined is not None:
-            return await _write_transaction(pool, answers, scope, effects, dying)
-        return await _write_transaction(pool, answers, scope, dying)
-    response = await _write_transaction(pool, answers, scope, effects, combined)
-    _die()  # committed: write_transaction returns only after its transaction ends
-    return response
+        _die()  # written, not committed
+    return outcome
 
 
-unit_of_work.write_transaction = write_transaction
+async def keyed_statement(self, outcomes, write):
+    if MODE != "before-commit":
+        return await _keyed_statement(self, outcomes, write)
+
+    async def dying(conn, stored):
+        await write(conn, stored)  # written, not committed
+        _die()
+
+    return await _keyed_statement(self, outcomes, dying)
+
+
+def finish(self, outcome):
+    answer = _finish(self, outcome)
+    if MODE != "before-commit" and self.key is not None:
+        _die()  # committed: _finish runs only after its transaction ends
+    return answer
+
+
+UnitOfWork._keyed = keyed
+UnitOfWork.keyed_statement = keyed_statement
+UnitOfWork._finish = finish
 
 if __name__ == "__main__":
     sys.exit(cli.main(sys.argv[1:]))

@@ -13,7 +13,7 @@ from cryptography.exceptions import InvalidTag
 from service import config
 from service.api.app import create_app
 from service.auth.secretbox import SecretBox
-from service.db import credentials
+from service.db import credentials, idempotency_keys
 from service.tools.client import XCloudClient
 from service.usecases import unit_of_work
 from tests.conftest import SECRET_KEY
@@ -176,7 +176,7 @@ async def test_a_5xx_is_not_stored(proxied_api, clean_db):
 
 
 async def test_in_flight_is_409_with_retry_after_then_free(xc, clean_db, credential, pool):
-    lock = unit_of_work.lock_id(credential[0], "busy")
+    lock = idempotency_keys.lock_id(credential[0], "busy")
     async with pool.acquire() as holder:
         # The lock a running request holds, taken here: a request in flight, as seen by
         # every process.
@@ -255,9 +255,9 @@ async def test_after_the_ttl_the_key_is_new_and_expired_rows_are_swept(
         "INSERT INTO idempotency_keys (service_id, idem_key, request_hash, status, headers,"
         " body_sealed, expires_at) VALUES ('s', 'live', '', 200, '{}', '', now() + interval '1h')"
     )
-    assert await unit_of_work.delete_expired(clean_db, batch=2) == 2
-    assert await unit_of_work.delete_expired(clean_db, batch=2) == 2
-    assert await unit_of_work.delete_expired(clean_db, batch=2) == 0
+    assert await idempotency_keys.delete_expired(clean_db, batch=2) == 2
+    assert await idempotency_keys.delete_expired(clean_db, batch=2) == 2
+    assert await idempotency_keys.delete_expired(clean_db, batch=2) == 0
     assert await clean_db.fetchval("SELECT idem_key FROM idempotency_keys") == "live"
 
 
