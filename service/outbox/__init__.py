@@ -7,6 +7,10 @@
   classification of Kafka errors.
 - `retention.py`: deleting published rows kept for a while.
 - `relay.py`: the loop that ties them together, with its states and backoff.
+- `wakeup.py`: how API processes wake the relays after their commits (coalesced NOTIFY).
 
 docs/relay.md explains why this keeps each customer's events in commit order.
+
+May import: db, domain, config, metrics, server (process life). Never imports api or
+usecases: the relay only reads what the unit of work committed.
 """

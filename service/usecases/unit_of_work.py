@@ -270,18 +270,16 @@ class UnitOfWork:
         sealed = self._answers.seal(self.request.service_id, key, answer.body)
         return orjson.dumps(headers).decode(), sealed
 
-    def _replay(
-        self, key: str, request_hash: bytes, prior: Mapping[str, object]
-    ) -> Answer | KeyReused:
-        if bytes(prior["request_hash"]) != request_hash:  # type: ignore[arg-type]
+    def _replay(self, key: str, request_hash: bytes, prior: asyncpg.Record) -> Answer | KeyReused:
+        if bytes(prior["request_hash"]) != request_hash:
             self._conflict("reused")
             return KeyReused()
         metrics.IDEMPOTENT_REPLAYS.labels(self.request.route).inc()
-        sealed = bytes(prior["body_sealed"])  # type: ignore[arg-type]
+        sealed = bytes(prior["body_sealed"])
         return Answer(
-            status=int(prior["status"]),  # type: ignore[call-overload]
+            status=int(prior["status"]),
             body=self._answers.open(self.request.service_id, key, sealed),
-            headers=orjson.loads(prior["headers"]),  # type: ignore[arg-type]
+            headers=orjson.loads(prior["headers"]),
             replayed=True,
         )
 
