@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import Field as DataclassField
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -31,19 +32,20 @@ class Var:
     ValueError with the problem. `required` is the problem when the variable is unset."""
 
     env: str
-    parse: Callable[[str], Any]
+    parse: Callable[[str], object]
     required: str | None = None
     only_with_kafka: bool = False  # required only by the commands that talk to Kafka
     unlike: str | None = None  # a field read earlier that the value must differ from
 
 
-def _setting(var: Var, default: T, **kw: Any) -> T:
-    result: T = field(default=default, metadata={"var": var}, **kw)
+def _setting(var: Var, default: T) -> T:
+    result: T = field(default=default, metadata={"var": var})
     return result
 
 
-def _required(var: Var, **kw: Any) -> Any:
-    return field(metadata={"var": var}, **kw)
+def _required(var: Var, *, secret: bool = False) -> str:
+    result: str = field(metadata={"var": var}, repr=not secret)
+    return result
 
 
 def _whole(low: int, high: int) -> Callable[[str], int]:
@@ -118,9 +120,7 @@ class Settings:
     database_url: str = _required(
         Var("DATABASE_URL", _database_url, "is required (postgresql://user@host:port/db)")
     )
-    secret_key: str = _required(
-        Var("XCLOUD_SECRET_KEY", _secret_key, _TOO_SHORT), repr=False
-    )
+    secret_key: str = _required(Var("XCLOUD_SECRET_KEY", _secret_key, _TOO_SHORT), secret=True)
     kafka_bootstrap_servers: str | None = _setting(
         Var(
             "KAFKA_BOOTSTRAP_SERVERS",
@@ -156,12 +156,16 @@ class Settings:
     relay_poll_max_ms: int = _integer("XCLOUD_RELAY_POLL_MAX_MS", 2000, 5, 600_000)
 
 
-def _read(cls: type[T], env: Mapping[str, str], need_kafka: bool) -> T:
-    values: dict[str, Any] = {}
-    for f in fields(cls):  # type: ignore[arg-type]  # cls is one of the dataclasses above
-        var: Var | None = f.metadata.get("var")
+# The two dataclasses read from the environment (Limits nested in Settings).
+D = TypeVar("D", Settings, Limits)
+
+
+def _read(cls: type[D], env: Mapping[str, str], need_kafka: bool) -> D:
+    values: dict[str, Any] = {}  # one value per field, of the field's own type
+    for f in fields(cls):
+        var = _var(f)
         if var is None:
-            if isinstance(f.default, Limits):
+            if f.type in ("Limits", Limits):
                 values[f.name] = _read(Limits, env, need_kafka)
             continue
         raw = env.get(var.env, "")
@@ -179,17 +183,23 @@ def _read(cls: type[T], env: Mapping[str, str], need_kafka: bool) -> T:
     return cls(**values)
 
 
-def _field(cls: Any, name: str) -> Any:
+def _var(f: DataclassField[object]) -> Var | None:
+    var: Var | None = f.metadata.get("var")
+    return var
+
+
+def _field(cls: type[Settings] | type[Limits], name: str) -> DataclassField[object]:
     return next(f for f in fields(cls) if f.name == name)
 
 
-def _value(cls: Any, values: dict[str, Any], name: str) -> Any:
+def _value(cls: type[Settings] | type[Limits], values: dict[str, object], name: str) -> object:
     return values[name] if name in values else _field(cls, name).default
 
 
-def _env(cls: Any, name: str) -> str:
-    env: str = _field(cls, name).metadata["var"].env
-    return env
+def _env(cls: type[Settings] | type[Limits], name: str) -> str:
+    var = _var(_field(cls, name))
+    assert var is not None
+    return var.env
 
 
 def load(env: Mapping[str, str] | None = None, *, need_kafka: bool = False) -> Settings:
@@ -198,11 +208,11 @@ def load(env: Mapping[str, str] | None = None, *, need_kafka: bool = False) -> S
 
 
 def variables() -> list[tuple[str, object]]:
-    """(variable, default) of every setting, in order, for `xcloud --help`."""
+    """(variable, default) of every setting, in order: `xcloud --help` lists them."""
     out: list[tuple[str, object]] = []
     for cls in (Settings, Limits):
-        for f in fields(cls):  # type: ignore[arg-type]
-            var = f.metadata.get("var")
+        for f in fields(cls):
+            var = _var(f)
             if var is not None:
                 out.append((var.env, None if f.default is MISSING else f.default))
     return out
