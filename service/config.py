@@ -207,12 +207,19 @@ def load(env: Mapping[str, str] | None = None, *, need_kafka: bool = False) -> S
     return _read(Settings, os.environ if env is None else env, need_kafka)
 
 
-def variables() -> list[tuple[str, object]]:
-    """(variable, default) of every setting, in order: `xcloud --help` lists them."""
-    out: list[tuple[str, object]] = []
+def variables() -> list[tuple[str, str]]:
+    """(variable, its default) of every setting, in order: `xcloud --help` lists them."""
+    out: list[tuple[str, str]] = []
     for cls in (Settings, Limits):
         for f in fields(cls):
             var = _var(f)
-            if var is not None:
-                out.append((var.env, None if f.default is MISSING else f.default))
+            if var is None:
+                continue
+            if var.only_with_kafka:
+                default = "required by serve and relay"
+            elif var.required is not None:
+                default = "required"
+            else:
+                default = "unset" if f.default is None else str(f.default)
+            out.append((var.env, default))
     return out

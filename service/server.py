@@ -42,6 +42,7 @@ def run_worker(settings: Settings, *, reuse_port: bool) -> None:
     """Serve until SIGTERM/SIGINT: stop accepting, finish in-flight requests, close the
     pool (what aiohttp's run_app does, in that order; run_app cannot take the runner that
     gives parser errors the contract's format)."""
+    loop: asyncio.AbstractEventLoop
     try:
         import uvloop
 

@@ -77,6 +77,7 @@ async def verify(
 ) -> tuple[bool, Verified | None]:
     """(whether the nonce was fresh, the key's owner or None)."""
     row = await pool.fetchrow(VERIFY_SQL, service_id, nonce, key_hash(key))
+    assert row is not None  # the statement always returns one row
     if row["customer_id"] is None:
         return row["fresh_nonce"], None
     return row["fresh_nonce"], Verified(row["customer_id"], row["slot"], row["status"])

@@ -14,6 +14,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -26,7 +27,7 @@ from service.db import outbox as outbox_table
 from service.outbox import producer as kafka
 from service.outbox import retention
 from service.outbox.lanes import Lanes
-from service.outbox.pipeline import Flight, settle
+from service.outbox.pipeline import Flight, Row, settle
 from service.outbox.producer import Failure
 from service.outbox.wakeup import NOTIFY_CHANNEL
 
@@ -352,7 +353,8 @@ class Relay:
                 # Stop here: later rows may be this customer's later events.
                 flight.refused = exc
                 break
-            flight.sent.append((row, future))
+            # A Record reads like the read-only mapping the pipeline takes (row["id"]).
+            flight.sent.append((cast(Row, row), future))
         return flight
 
     async def _settle(self, flight: Flight) -> None:
