@@ -27,6 +27,7 @@ from aiohttp import web
 from service.api import httpserver
 from service.api.app import create_app, create_ops_app
 from service.config import Settings
+from service.exit_codes import ExitCode
 
 log = logging.getLogger("xcloud.server")
 
@@ -164,10 +165,10 @@ def supervise(workers: int, *, with_relay: bool) -> int:
 
                 multiprocess.mark_process_dead(proc.pid)
                 what = "relay" if index == RELAY else "worker"
-                if code == 2:  # a configuration error: restarting would fail the same way
+                if code == ExitCode.USAGE:  # a configuration error: a restart fails alike
                     log.error("%s exited with a configuration error; stopping", what)
                     on_signal(signal.SIGTERM, None)
-                    return 2
+                    return ExitCode.USAGE
                 log.warning("%s died; restarting", what, extra={"worker": index, "exit": code})
                 if time.monotonic() - started[index] < 1.0:
                     time.sleep(1.0)  # do not spin on a worker that dies at once
@@ -181,6 +182,6 @@ def supervise(workers: int, *, with_relay: bool) -> int:
                 log.error("worker did not stop in time; killing it", extra={"pid": proc.pid})
                 proc.kill()
                 proc.wait()
-        return 0
+        return ExitCode.OK
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
