@@ -127,7 +127,7 @@ def supervise(workers: int, *, with_relay: bool) -> int:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     stopping = False
 
-    def spawn(index: int | str) -> subprocess.Popen:
+    def spawn(index: int | str) -> subprocess.Popen[bytes]:
         if index == RELAY:
             argv = [sys.executable, "-m", "service.cli", "relay", "--supervised"]
         else:

@@ -441,7 +441,7 @@ def _count(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `customers`, `import` and `fake` on the `xcloud` parser."""
     fmt = argparse.RawDescriptionHelpFormatter
 

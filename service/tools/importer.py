@@ -175,8 +175,8 @@ _CONVERTERS: dict[type, Callable[[str], object]] = {
 }
 
 
-def _leaf_fields(schema: Schema, prefix: str = "") -> dict[str, fields.Field]:
-    leaves: dict[str, fields.Field] = {}
+def _leaf_fields(schema: Schema, prefix: str = "") -> dict[str, fields.Field[Any]]:
+    leaves: dict[str, fields.Field[Any]] = {}
     for name, field in schema.fields.items():
         path = f"{prefix}{name}"
         if isinstance(field, fields.Nested):
@@ -186,7 +186,7 @@ def _leaf_fields(schema: Schema, prefix: str = "") -> dict[str, fields.Field]:
     return leaves
 
 
-CSV_COLUMNS: dict[str, fields.Field] = _leaf_fields(schemas.CustomerCreateSchema())
+CSV_COLUMNS: dict[str, fields.Field[Any]] = _leaf_fields(schemas.CustomerCreateSchema())
 
 
 def csv_converters(header: list[str]) -> list[Callable[[str], object]]:
