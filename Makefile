@@ -16,7 +16,7 @@ help:
 	@echo "make bench-debezium  only the relay against Debezium (QUICK=1 shorter)"
 	@echo "make faults   fault injection under load; table in docs/reliability.md"
 	@echo "make attack   slow headers and bad signatures by strangers; figures in docs/reliability.md"
-	@echo "make lint     ruff check + format check"
+	@echo "make lint     ruff check + format check + mypy (pyproject [tool.mypy])"
 	@echo "make dist     dist/: the wheel and its dependencies' wheels (what the Dockerfile installs)"
 	@echo "make compose-test         docker compose up, a signed 201 and its event, down -v"
 	@echo "make testcontainers-test  a test session on testcontainers (needs a Docker engine)"
@@ -37,6 +37,7 @@ run: install
 
 test: install
 	$(BIN)/ruff check service tests scripts examples bench
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Not part of `make test`: takes ~15 minutes (QUICK=1: under 5) and needs Go for the
@@ -65,6 +66,7 @@ attack: install
 lint: install
 	$(BIN)/ruff check service tests scripts examples bench
 	$(BIN)/ruff format --check service tests scripts examples bench
+	$(BIN)/mypy
 
 format: install
 	$(BIN)/ruff format service tests scripts examples bench

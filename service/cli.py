@@ -6,14 +6,19 @@ import argparse
 import asyncio
 import re
 import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import asyncpg
 from aiokafka.errors import KafkaError
 
-from service import config, logs
+from service import config, exit_codes, logs
 from service.auth.secretbox import SecretBox
 from service.db import connect, credentials, migrate
+from service.exit_codes import Exit, ExitCode
 from service.tools import customer_cli
+
+T = TypeVar("T")
 
 _SERVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -22,8 +27,7 @@ def _settings(*, need_kafka: bool = False) -> config.Settings:
     try:
         return config.load(need_kafka=need_kafka)
     except config.ConfigError as exc:
-        print(f"xcloud: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise Exit(ExitCode.USAGE, f"configuration error: {exc}") from None
 
 
 def _service_id(value: str) -> str:
@@ -43,10 +47,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     try:
         applied = asyncio.run(migrate.apply(settings.database_url))
     except migrate.NoMigrations as exc:
-        print(f"xcloud: migrate: {exc}; the package is incomplete: reinstall it", file=sys.stderr)
-        return 2
+        raise Exit(
+            ExitCode.USAGE, f"migrate: {exc}; the package is incomplete: reinstall it"
+        ) from None
     print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
-    return 0
+    return ExitCode.OK
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -56,11 +61,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     with_relay = not args.no_relay
     if args.worker_index is not None:  # started by the supervisor below
         server.run_worker(settings, reuse_port=True)
-        return 0
+        return ExitCode.OK
     workers = args.workers or server.default_workers()
     if workers == 1 and not with_relay:  # nothing to supervise
         server.run_worker(settings, reuse_port=False)
-        return 0
+        return ExitCode.OK
     return server.supervise(workers, with_relay=with_relay)
 
 
@@ -68,23 +73,20 @@ def cmd_relay(args: argparse.Namespace) -> int:
     from service.outbox import relay
 
     settings = _settings(need_kafka=True)
+    main = relay.run_until_signalled(relay.config_from(settings), exit_with_parent=args.supervised)
     try:
-        import uvloop
-
-        run = uvloop.run
-    except ImportError:  # optional: plain asyncio works, a little slower
-        run = asyncio.run
-    try:
-        run(
-            relay.run_until_signalled(relay.config_from(settings), exit_with_parent=args.supervised)
-        )
+        try:
+            import uvloop
+        except ImportError:  # optional: plain asyncio works, a little slower
+            asyncio.run(main)
+        else:
+            uvloop.run(main)
     except KafkaError as exc:  # one the relay cannot wait out (a bad topic setting, say)
-        print(f"xcloud: relay failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        raise Exit(ExitCode.FAILED, f"relay failed: {type(exc).__name__}: {exc}") from None
+    return ExitCode.OK
 
 
-async def _with_conn(dsn: str, work):
+async def _with_conn(dsn: str, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
     conn = await connect.wait_for(lambda: asyncpg.connect(dsn), "PostgreSQL")
     try:
         return await work(conn)
@@ -101,21 +103,27 @@ def cmd_clients(args: argparse.Namespace) -> int:
         )
         print(f"service id: {args.service_id}", file=sys.stderr)
         print(secret)  # alone, last line of stdout: scripts take it with `tail -1`
-        return 0
+        return ExitCode.OK
     if args.action == "revoke":
         done = asyncio.run(
             _with_conn(settings.database_url, lambda c: credentials.revoke(c, args.service_id))
         )
         if not done:
-            print(f"xcloud: no active credential for {args.service_id}", file=sys.stderr)
-            return 1
+            raise Exit(ExitCode.FAILED, f"no active credential for {args.service_id}")
         print(f"revoked {args.service_id}")
-        return 0
+        return ExitCode.OK
     rows = asyncio.run(_with_conn(settings.database_url, credentials.list_all))
     for row in rows:
         state = f"revoked {row.revoked_at.isoformat()}" if row.revoked_at else "active"
         print(f"{row.service_id}\t{row.created_at.isoformat()}\t{state}")
-    return 0
+    return ExitCode.OK
+
+
+def _environment() -> str:
+    """The server's variables and their defaults, from config.Settings (written once)."""
+    lines = ["environment (the server's commands; the default):"]
+    lines += [f"  {name:<34} {default}" for name, default in config.variables()]
+    return "\n".join(lines) + "\n"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -152,14 +160,18 @@ def parser() -> argparse.ArgumentParser:
     revoke.add_argument("service_id", type=_service_id)
     clients.set_defaults(func=cmd_clients)
 
-    customer_cli.add_commands(sub)
+    for documented in (p, *sub.choices.values(), *csub.choices.values()):
+        documented.epilog = exit_codes.help_text() + "\n" + _environment()
+        documented.formatter_class = argparse.RawDescriptionHelpFormatter
+    customer_cli.add_commands(sub)  # theirs: the same exit codes, the caller's variables
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     logs.setup()
-    args = parser().parse_args(argv)
-    return args.func(args)
+    args = parser().parse_args(argv)  # a usage error exits 2 (ExitCode.USAGE) here
+    command: Callable[[argparse.Namespace], int] = args.func
+    return exit_codes.run(command, args)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Iterator
 
 import asyncpg
 from prometheus_client import (
@@ -95,7 +96,7 @@ class DatabaseGauges:
         except Exception:  # whatever the failure, the scrape serves what this process knows
             self._row = None
 
-    def collect(self):
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         row = self._row
         if row is None:
             return

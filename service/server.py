@@ -27,6 +27,7 @@ from aiohttp import web
 from service.api import httpserver
 from service.api.app import create_app, create_ops_app
 from service.config import Settings
+from service.exit_codes import ExitCode
 
 log = logging.getLogger("xcloud.server")
 
@@ -42,6 +43,7 @@ def run_worker(settings: Settings, *, reuse_port: bool) -> None:
     """Serve until SIGTERM/SIGINT: stop accepting, finish in-flight requests, close the
     pool (what aiohttp's run_app does, in that order; run_app cannot take the runner that
     gives parser errors the contract's format)."""
+    loop: asyncio.AbstractEventLoop
     try:
         import uvloop
 
@@ -125,7 +127,7 @@ def supervise(workers: int, *, with_relay: bool) -> int:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     stopping = False
 
-    def spawn(index: int | str) -> subprocess.Popen:
+    def spawn(index: int | str) -> subprocess.Popen[bytes]:
         if index == RELAY:
             argv = [sys.executable, "-m", "service.cli", "relay", "--supervised"]
         else:
@@ -163,10 +165,10 @@ def supervise(workers: int, *, with_relay: bool) -> int:
 
                 multiprocess.mark_process_dead(proc.pid)
                 what = "relay" if index == RELAY else "worker"
-                if code == 2:  # a configuration error: restarting would fail the same way
+                if code == ExitCode.USAGE:  # a configuration error: a restart fails alike
                     log.error("%s exited with a configuration error; stopping", what)
                     on_signal(signal.SIGTERM, None)
-                    return 2
+                    return ExitCode.USAGE
                 log.warning("%s died; restarting", what, extra={"worker": index, "exit": code})
                 if time.monotonic() - started[index] < 1.0:
                     time.sleep(1.0)  # do not spin on a worker that dies at once
@@ -180,6 +182,6 @@ def supervise(workers: int, *, with_relay: bool) -> int:
                 log.error("worker did not stop in time; killing it", extra={"pid": proc.pid})
                 proc.kill()
                 proc.wait()
-        return 0
+        return ExitCode.OK
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -75,6 +75,7 @@ async def rotate(
 async def verify(pool: asyncpg.Pool, service_id: str, nonce: str, key: str) -> Verified | None:
     """The key's owner, or None; raises Replayed for a used nonce."""
     row = await pool.fetchrow(VERIFY_SQL, service_id, nonce, key_hash(key))
+    assert row is not None  # the statement always returns one row
     if not row["fresh_nonce"]:
         raise Replayed
     if row["customer_id"] is None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import asyncpg
 
 log = logging.getLogger("xcloud.db")
+T = TypeVar("T")
 
 
 # Errors that mean "the database is not there (yet)", as opposed to a bad request.
@@ -27,7 +30,13 @@ UNAVAILABLE = (
 )
 
 
-async def wait_for(connect, what: str, *, attempts: int | None = None, delay: float = 1.0):
+async def wait_for(
+    connect: Callable[[], Awaitable[T]],
+    what: str,
+    *,
+    attempts: int | None = None,
+    delay: float = 1.0,
+) -> T:
     """Call `connect()` until it succeeds (for ever, unless `attempts` says otherwise),
     saying so on stderr meanwhile: a database that is not up yet is waited for."""
     attempt = 0

@@ -93,12 +93,13 @@ async def register(
 ) -> bool:
     """True when created, False when the id exists; raises Replayed for a used nonce."""
     row = await pool.fetchrow(_REGISTER_SQL, service_id, nonce, *_register_args(customer, event))
+    assert row is not None  # the statement always returns one row
     if not row["fresh_nonce"]:
         raise Replayed
     return row["created"]
 
 
-def _register_args(customer: NewCustomer, event: Event) -> tuple[Any, ...]:
+def _register_args(customer: NewCustomer, event: Event) -> tuple[object, ...]:
     return (
         customer.customer_id,
         customer.status,
@@ -146,6 +147,7 @@ async def register_keyed(
         answers.exists_body,
         float(answers.ttl_seconds),
     )
+    assert row is not None  # the statement always returns one row
     if row["request_hash"] is None and not row["stored"]:
         # A live answer appeared despite the lock: never overwrite one.
         raise RuntimeError("a live stored answer exists for a key whose lock was held")
@@ -189,7 +191,7 @@ async def list_page(
     status: str | None = None,
     after: tuple[datetime, str] | None = None,
 ) -> list[asyncpg.Record]:
-    args: list[Any] = [limit]
+    args: list[object] = [limit]
     if status is not None:
         args.append(status)
     if after is not None:

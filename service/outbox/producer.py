@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import enum
 import logging
-from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -137,6 +136,8 @@ async def close_producer(producer: AIOKafkaProducer, wait: float) -> None:
             await asyncio.wait_for(producer.client.close(), 5)
 
 
-async def send(producer: AIOKafkaProducer, topic: str, key: str, value: bytes) -> Any:
+async def send(
+    producer: AIOKafkaProducer, topic: str, key: str, value: bytes
+) -> asyncio.Future[object]:
     """Queue one record; the returned future resolves on the broker's acknowledgement."""
     return await producer.send(topic, value, key=key.encode("utf-8"), headers=HEADERS)

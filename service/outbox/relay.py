@@ -14,6 +14,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -26,7 +27,7 @@ from service.db import outbox as outbox_table
 from service.outbox import producer as kafka
 from service.outbox import retention
 from service.outbox.lanes import Lanes
-from service.outbox.pipeline import Flight, settle
+from service.outbox.pipeline import Flight, Row, settle
 from service.outbox.producer import Failure
 from service.outbox.wakeup import NOTIFY_CHANNEL
 
@@ -35,19 +36,22 @@ log = logging.getLogger("xcloud.relay")
 
 @dataclass(frozen=True)
 class RelayConfig:
+    """What the relay runs with. The first fields come from Settings (config_from), whose
+    defaults are the only ones; the rest are the relay's own tuning, with no variable."""
+
     database_url: str
     bootstrap_servers: str
     topic: str
-    partitions: int = 6
-    replication_factor: int = 1
-    batch_size: int = 500
+    partitions: int
+    replication_factor: int
+    batch_size: int
+    retention_seconds: float  # 0: delete rows as soon as the broker acknowledged them
     # Adaptive poll, the safety net under the API's wake-ups: after a batch with rows the
     # relay looks again at once; once idle it waits idle_poll_min, doubling up to
     # poll_interval while it keeps finding nothing. A NOTIFY ends any wait.
-    poll_interval: float = 2.0
+    poll_interval: float
     idle_poll_min: float = 0.005
     rebalance_interval: float = 2.0
-    retention_seconds: float = 0  # 0: delete rows as soon as the broker acknowledged them
     retention_interval: float = 60.0
     backoff_base: float = 0.2
     backoff_cap: float = 10.0
@@ -72,7 +76,9 @@ class RelayStats:
 
 
 def config_from(settings: Settings) -> RelayConfig:
-    assert settings.kafka_bootstrap_servers is not None
+    """The relay's part of the settings (those of `xcloud relay`: Kafka is required)."""
+    if settings.kafka_bootstrap_servers is None:
+        raise ValueError("the relay needs KAFKA_BOOTSTRAP_SERVERS (load(need_kafka=True))")
     return RelayConfig(
         database_url=settings.database_url,
         bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -347,7 +353,8 @@ class Relay:
                 # Stop here: later rows may be this customer's later events.
                 flight.refused = exc
                 break
-            flight.sent.append((row, future))
+            # A Record reads like the read-only mapping the pipeline takes (row["id"]).
+            flight.sent.append((cast(Row, row), future))
         return flight
 
     async def _settle(self, flight: Flight) -> None:

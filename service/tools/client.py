@@ -20,7 +20,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 from urllib.parse import quote, urlencode
 
 import aiohttp
@@ -31,8 +31,16 @@ from service.api.idempotency import KEY_HEADER
 from service.auth.signing import sign_request
 from service.domain.customer import is_customer_id
 
-# "write": sent with an Idempotency-Key; "safe": changes nothing, so retried as it is.
-ENDPOINTS: dict[str, dict[str, Any]] = {
+
+class Endpoint(TypedDict):
+    path: str
+    verb: str
+    md5: bool  # the body is signed with its Content-MD5
+    write: NotRequired[bool]  # sent with an Idempotency-Key
+    safe: NotRequired[bool]  # changes nothing, so retried as it is
+
+
+ENDPOINTS: dict[str, Endpoint] = {
     "register_customer": {
         "path": "/xcloud/v1/customers",
         "verb": "POST",
@@ -257,7 +265,7 @@ class XCloudClient:
         name: str,
         *,
         body: dict[str, Any] | None = None,
-        query: dict[str, Any] | None = None,
+        query: dict[str, str | int | None] | None = None,
         idempotency_key: str | None = None,
         **path_params: str,
     ) -> Response:
@@ -312,7 +320,7 @@ class XCloudClient:
     async def list_customers(
         self, *, limit: int | None = None, status: str | None = None, cursor: str | None = None
     ) -> dict[str, Any]:
-        query = {"limit": limit, "status": status, "cursor": cursor}
+        query: dict[str, str | int | None] = {"limit": limit, "status": status, "cursor": cursor}
         return (await self.call("list_customers", query=query)).body
 
     async def update_customer(

@@ -18,23 +18,17 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from service.exit_codes import Exit, ExitCode, help_text
 
 if TYPE_CHECKING:
     from service.tools.client import XCloudClient
+    from service.tools.importer import KeysFile, Options, Record, Report
 
-OK, SERVER_ERROR, USAGE, UNREACHABLE, INTERRUPTED = 0, 1, 2, 3, 130
+T = TypeVar("T")
 
-EXIT_CODES = """\
-exit codes:
-  0  done
-  1  the server answered an error: its JSON error body goes to stderr, then a
-     last line "error: CODE" (for `exists`: some ids do not exist, and they are
-     printed on stdout, one per line; for `import`: some lines failed)
-  2  usage or configuration: a missing or bad XCLOUD_* variable, an unreadable
-     input file (one line on stderr names it)
-  3  the server could not be reached at XCLOUD_URL
-"""
+EXIT_CODES = help_text()
 IMPORT_HELP = """\
 Register every valid customer of FILE that does not exist yet.
 
@@ -68,15 +62,6 @@ environment:
 """
 
 
-class Exit(Exception):
-    """Stop the command with this exit code, after one line on stderr."""
-
-    def __init__(self, code: int, message: str = "") -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 TOOLS_INSTALL = "pip install 'xcloud-registry[tools]'"
 
 
@@ -86,7 +71,7 @@ def _require_tools(command: str, module: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec(module) is None:
-        raise Exit(USAGE, f"`xcloud {command}` needs the tools extra: {TOOLS_INSTALL}")
+        raise Exit(ExitCode.USAGE, f"`xcloud {command}` needs the tools extra: {TOOLS_INSTALL}")
 
 
 # --- credentials and calling the server ----------------------------------------------------
@@ -97,15 +82,19 @@ def credentials_from_env(env: dict[str, str] | None = None) -> tuple[str, str, s
     env = dict(os.environ) if env is None else env
     url = env.get("XCLOUD_URL", "")
     if not url:
-        raise Exit(USAGE, "configuration error: XCLOUD_URL: is required (http://host:port)")
+        raise Exit(
+            ExitCode.USAGE, "configuration error: XCLOUD_URL: is required (http://host:port)"
+        )
     if not url.startswith(("http://", "https://")):
-        raise Exit(USAGE, "configuration error: XCLOUD_URL: must start with http:// or https://")
+        raise Exit(
+            ExitCode.USAGE, "configuration error: XCLOUD_URL: must start with http:// or https://"
+        )
     service_id = env.get("XCLOUD_SERVICE_ID", "")
     if not service_id:
-        raise Exit(USAGE, "configuration error: XCLOUD_SERVICE_ID: is required")
+        raise Exit(ExitCode.USAGE, "configuration error: XCLOUD_SERVICE_ID: is required")
     secret = env.get("XCLOUD_SECRET", "")
     if not secret:  # never echoed, not even in part
-        raise Exit(USAGE, "configuration error: XCLOUD_SECRET: is required")
+        raise Exit(ExitCode.USAGE, "configuration error: XCLOUD_SECRET: is required")
     return url, service_id, secret
 
 
@@ -113,7 +102,7 @@ def _server_error(exc: Exception) -> Exit:
     """The server's JSON error body on stderr, then Exit(1) with the line `error: CODE`."""
     body = getattr(exc, "body", None) or {"status": getattr(exc, "status", None)}
     print(json.dumps(body, indent=2, ensure_ascii=False), file=sys.stderr)
-    return Exit(SERVER_ERROR, f"error: {getattr(exc, 'code', 'HTTP_ERROR')}")
+    return Exit(ExitCode.FAILED, f"error: {getattr(exc, 'code', 'HTTP_ERROR')}")
 
 
 def _talk(work: Callable[[XCloudClient], Awaitable[int]]) -> int:
@@ -134,10 +123,10 @@ def _talk(work: Callable[[XCloudClient], Awaitable[int]]) -> int:
         raise _server_error(exc) from None
     except (aiohttp.ClientError, TimeoutError) as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
-        raise Exit(UNREACHABLE, f"cannot reach the server at {url}: {reason}") from None
+        raise Exit(ExitCode.UNREACHABLE, f"cannot reach the server at {url}: {reason}") from None
 
 
-def _print_json(value: Any) -> None:
+def _print_json(value: object) -> None:
     print(json.dumps(value, indent=2, ensure_ascii=False))
 
 
@@ -146,13 +135,13 @@ def _read_body(source: str) -> dict[str, Any]:
     try:
         text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise Exit(USAGE, f"cannot read {source}: {exc}") from None
+        raise Exit(ExitCode.USAGE, f"cannot read {source}: {exc}") from None
     try:
         body = json.loads(text)
     except ValueError as exc:
-        raise Exit(USAGE, f"{source} is not valid JSON: {exc}") from None
+        raise Exit(ExitCode.USAGE, f"{source} is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
-        raise Exit(USAGE, f"{source} must hold one JSON object")
+        raise Exit(ExitCode.USAGE, f"{source} must hold one JSON object")
     return body
 
 
@@ -164,7 +153,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 
     async def work(client: XCloudClient) -> int:
         _print_json(await client.register_customer(body))
-        return OK
+        return ExitCode.OK
 
     return _talk(work)
 
@@ -172,7 +161,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 def cmd_get(args: argparse.Namespace) -> int:
     async def work(client: XCloudClient) -> int:
         _print_json(await client.get_customer(args.customer_id))
-        return OK
+        return ExitCode.OK
 
     return _talk(work)
 
@@ -184,7 +173,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                 limit=args.limit, status=args.status, cursor=args.cursor
             )
             _print_json(page)
-            return OK
+            return ExitCode.OK
         cursor = args.cursor
         while True:  # every page, one customer per line as it comes
             page = await client.list_customers(limit=args.limit, status=args.status, cursor=cursor)
@@ -192,7 +181,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                 print(json.dumps(customer, ensure_ascii=False))
             cursor = page["nextCursor"]
             if cursor is None:
-                return OK
+                return ExitCode.OK
 
     return _talk(work)
 
@@ -200,7 +189,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_rotate_key(args: argparse.Namespace) -> int:
     async def work(client: XCloudClient) -> int:
         _print_json(await client.rotate_api_key(args.customer_id, args.slot))
-        return OK
+        return ExitCode.OK
 
     return _talk(work)
 
@@ -211,7 +200,7 @@ def cmd_verify_key(args: argparse.Namespace) -> int:
 
     async def work(client: XCloudClient) -> int:
         _print_json(await client.verify_api_key(key))
-        return OK
+        return ExitCode.OK
 
     return _talk(work)
 
@@ -221,7 +210,7 @@ def cmd_update(args: argparse.Namespace) -> int:
 
     async def work(client: XCloudClient) -> int:
         _print_json(await client.update_customer(args.customer_id, body))
-        return OK
+        return ExitCode.OK
 
     return _talk(work)
 
@@ -235,10 +224,10 @@ def _ids(args: list[str]) -> list[str]:
         text = sys.stdin.read() if arg == "-" else arg
         ids.extend(i for i in text.replace(",", " ").split() if i)
     if not ids:
-        raise Exit(USAGE, "no customer id given")
+        raise Exit(ExitCode.USAGE, "no customer id given")
     bad = [i for i in ids if not is_customer_id(i)]
     if bad:
-        raise Exit(USAGE, f"not a valid customer id: {bad[0]}")
+        raise Exit(ExitCode.USAGE, f"not a valid customer id: {bad[0]}")
     return list(dict.fromkeys(ids))
 
 
@@ -259,7 +248,7 @@ def cmd_exists(args: argparse.Namespace) -> int:
                 raise
         for customer_id in missing:
             print(customer_id)
-        return SERVER_ERROR if missing else OK
+        return ExitCode.FAILED if missing else ExitCode.OK
 
     return _talk(work)
 
@@ -285,27 +274,29 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     path = Path(args.file)
     if not path.is_file():
-        raise Exit(USAGE, f"cannot read {path}: no such file")
+        raise Exit(ExitCode.USAGE, f"cannot read {path}: no such file")
     try:
         fmt = importer.detect_format(path, args.format)
         records = importer.read_records(path, fmt)
         first = next(records, None)  # reads the CSV header: a bad one stops us here
     except importer.InputError as exc:
-        raise Exit(USAGE, str(exc)) from None
+        raise Exit(ExitCode.USAGE, str(exc)) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise Exit(USAGE, f"cannot read {path}: {exc}") from None
+        raise Exit(ExitCode.USAGE, f"cannot read {path}: {exc}") from None
     records = _chain(first, records)
     report_path = Path(args.report) if args.report else path.with_name(path.name + ".report.csv")
     keys_file = None
     if args.keys_out:
         if args.dry_run:
-            raise Exit(USAGE, "--keys-out needs a real run: a dry run creates no keys")
+            raise Exit(ExitCode.USAGE, "--keys-out needs a real run: a dry run creates no keys")
         try:
             keys_file = importer.KeysFile(Path(args.keys_out))
         except FileExistsError:
-            raise Exit(USAGE, f"{args.keys_out} exists: --keys-out never overwrites") from None
+            raise Exit(
+                ExitCode.USAGE, f"{args.keys_out} exists: --keys-out never overwrites"
+            ) from None
         except OSError as exc:
-            raise Exit(USAGE, f"cannot create {args.keys_out}: {exc}") from None
+            raise Exit(ExitCode.USAGE, f"cannot create {args.keys_out}: {exc}") from None
     started: list[importer.Report] = []
 
     @contextlib.contextmanager
@@ -314,7 +305,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         try:
             out = report_path.open("w", newline="", encoding="utf-8")
         except OSError as exc:
-            raise Exit(USAGE, f"cannot write the report {report_path}: {exc}") from None
+            raise Exit(ExitCode.USAGE, f"cannot write the report {report_path}: {exc}") from None
         bar = _progress(importer.count_records(path, fmt) if sys.stderr.isatty() else None)
 
         def on_row(_: str) -> None:
@@ -330,7 +321,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             out.close()
             bar.close()
 
-    code = OK
+    code = ExitCode.OK
     try:
         if args.dry_run:
             with reporting() as report:
@@ -339,9 +330,11 @@ def cmd_import(args: argparse.Namespace) -> int:
             options = importer.Options(concurrency=args.concurrency, retries=args.retries)
             code = _import(records, reporting, options, credentials_from_env(), keys_file)
     except KeyboardInterrupt:
-        code = INTERRUPTED
+        code = ExitCode.INTERRUPTED
     except (UnicodeDecodeError, csv.Error) as exc:  # the CSV broke after its first rows
-        raise Exit(USAGE, f"cannot read {path} past the last line reported: {exc}") from None
+        raise Exit(
+            ExitCode.USAGE, f"cannot read {path} past the last line reported: {exc}"
+        ) from None
     finally:
         if keys_file is not None:
             keys_file.close()
@@ -355,31 +348,31 @@ def cmd_import(args: argparse.Namespace) -> int:
         return code
     counts = started[0].counts
     line = importer.summary(counts, dry_run=args.dry_run)
-    print(("interrupted (run again to resume): " if code == INTERRUPTED else "") + line)
+    print(("interrupted (run again to resume): " if code == ExitCode.INTERRUPTED else "") + line)
     print(f"xcloud: report: {report_path}", file=sys.stderr)
-    if code == UNREACHABLE:
+    if code == ExitCode.UNREACHABLE:
         print(
             "xcloud: lost the server: the lines not sent are reported failed; run again",
             file=sys.stderr,
         )
-    if code == OK and counts[importer.FAILED]:
-        code = SERVER_ERROR
+    if code == ExitCode.OK and counts[importer.FAILED]:
+        code = ExitCode.FAILED
     return code
 
 
-def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
+def _chain(first: T | None, rest: Iterator[T]) -> Iterator[T]:
     if first is not None:
         yield first
         yield from rest
 
 
 def _import(
-    records: Iterator[Any],
-    reporting: Callable[[], contextlib.AbstractContextManager[Any]],
-    options: Any,
+    records: Iterator[Record],
+    reporting: Callable[[], contextlib.AbstractContextManager[Report]],
+    options: Options,
     credential: tuple[str, str, str],
-    keys_file: Any = None,
-) -> int:
+    keys_file: KeysFile | None = None,
+) -> ExitCode:
     import aiohttp
 
     from service.tools import importer
@@ -387,7 +380,7 @@ def _import(
 
     url, service_id, secret = credential
 
-    async def main() -> int:
+    async def main() -> ExitCode:
         # SIGTERM ends the run like Ctrl-C: the report is completed with what is known.
         task = asyncio.current_task()
         assert task is not None
@@ -402,16 +395,18 @@ def _import(
             except XCloudError as exc:
                 raise _server_error(exc) from None
             except (aiohttp.ClientError, TimeoutError) as exc:
-                raise Exit(UNREACHABLE, f"cannot reach the server at {url}: {exc}") from None
+                raise Exit(
+                    ExitCode.UNREACHABLE, f"cannot reach the server at {url}: {exc}"
+                ) from None
             with reporting() as report:
                 on_created = keys_file.add if keys_file is not None else None
                 reached = await importer.run_import(records, client, report, options, on_created)
-            return OK if reached else UNREACHABLE
+            return ExitCode.OK if reached else ExitCode.UNREACHABLE
 
     try:
         return asyncio.run(main())
     except asyncio.CancelledError:  # SIGTERM
-        return INTERRUPTED
+        return ExitCode.INTERRUPTED
 
 
 # --- fake ---------------------------------------------------------------------------------
@@ -430,8 +425,8 @@ def cmd_fake(args: argparse.Namespace) -> int:
             out.write(json.dumps(customer, ensure_ascii=False, separators=(",", ":")) + "\n")
         out.flush()
     except ValueError as exc:
-        raise Exit(USAGE, str(exc)) from None
-    return OK
+        raise Exit(ExitCode.USAGE, str(exc)) from None
+    return ExitCode.OK
 
 
 # --- registration -------------------------------------------------------------------------
@@ -446,27 +441,7 @@ def _count(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
-def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Exit(code, line) -> that line on stderr and the code; Ctrl-C -> 130 without a trace."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except Exit as exc:
-            if exc.message:
-                prefix = "" if exc.message.startswith("error: ") else "xcloud: "
-                print(prefix + exc.message, file=sys.stderr)
-            return exc.code
-        except KeyboardInterrupt:
-            return INTERRUPTED
-        except BrokenPipeError:  # `xcloud fake 1000000 | head`: the reader had enough
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return OK
-
-    return run
-
-
-def add_commands(sub: argparse._SubParsersAction) -> None:
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `customers`, `import` and `fake` on the `xcloud` parser."""
     fmt = argparse.RawDescriptionHelpFormatter
 
@@ -482,11 +457,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     register = csub.add_parser("register", help="POST a customer from a JSON file ('-': stdin)")
     register.add_argument("file", metavar="FILE")
-    register.set_defaults(func=_guarded(cmd_register))
+    register.set_defaults(func=cmd_register)
 
     get = csub.add_parser("get", help="one customer")
     get.add_argument("customer_id", metavar="CUSTOMER_ID")
-    get.set_defaults(func=_guarded(cmd_get))
+    get.set_defaults(func=cmd_get)
 
     listing = csub.add_parser("list", help="a page of customers; --all: every one, JSON Lines")
     listing.add_argument("--limit", type=_count(1, 100), default=None, help="page size, 1-100")
@@ -495,24 +470,24 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     listing.add_argument(
         "--all", action="store_true", help="follow nextCursor; one customer per line"
     )
-    listing.set_defaults(func=_guarded(cmd_list))
+    listing.set_defaults(func=cmd_list)
 
     update = csub.add_parser("update", help="PUT a customer's fields from a JSON file")
     update.add_argument("customer_id", metavar="CUSTOMER_ID")
     update.add_argument("file", metavar="FILE")
-    update.set_defaults(func=_guarded(cmd_update))
+    update.set_defaults(func=cmd_update)
 
     exists = csub.add_parser(
         "exists", help="exit 0 if every id exists, else 1 and the missing ids on stdout"
     )
     exists.add_argument("customer_ids", nargs="+", metavar="CUSTOMER_ID", help="'-': stdin")
-    exists.set_defaults(func=_guarded(cmd_exists))
+    exists.set_defaults(func=cmd_exists)
     rotate = csub.add_parser(
         "rotate-key", help="replace one of a customer's API keys; prints the new one, once"
     )
     rotate.add_argument("customer_id", metavar="CUSTOMER_ID")
     rotate.add_argument("slot", choices=("primary", "secondary"))
-    rotate.set_defaults(func=_guarded(cmd_rotate_key))
+    rotate.set_defaults(func=cmd_rotate_key)
     for parser in (register, get, listing, update, exists, rotate):
         parser.epilog, parser.formatter_class = EXIT_CODES + ENVIRONMENT, fmt
 
@@ -530,13 +505,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         formatter_class=fmt,
     )
     verify.add_argument("key", metavar="KEY", help="the API key; '-': read it from stdin")
-    verify.set_defaults(func=_guarded(cmd_verify_key))
+    verify.set_defaults(func=cmd_verify_key)
 
     imp = sub.add_parser(
         "import",
         help="register many customers from CSV or JSON Lines, with a report",
         description=IMPORT_HELP,
-        epilog=EXIT_CODES + "  130 interrupted: run again to resume\n" + ENVIRONMENT,
+        epilog=EXIT_CODES + ENVIRONMENT,
         formatter_class=fmt,
     )
     imp.add_argument("file", metavar="FILE")
@@ -557,7 +532,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="write customerId,primaryApiKey,secondaryApiKey of each customer created to "
         "FILE (new, mode 0600; never overwritten)",
     )
-    imp.set_defaults(func=_guarded(cmd_import))
+    imp.set_defaults(func=cmd_import)
 
     fake = sub.add_parser(
         "fake",
@@ -573,4 +548,4 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         type=_count(10_000_000, 99_999_999_999_999),
         help="milliseconds for the ids (default: now; 1700000000000 with --seed)",
     )
-    fake.set_defaults(func=_guarded(cmd_fake))
+    fake.set_defaults(func=cmd_fake)

@@ -24,10 +24,10 @@ import random
 import re
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import aiohttp
 from marshmallow import Schema, ValidationError, fields
@@ -41,6 +41,8 @@ from service.tools.client import (
     XCloudClient,
     XCloudError,
 )
+
+T = TypeVar("T")
 
 HEAD_BATCH = 100  # the most ids one HEAD takes (contract section 8)
 # The ids of one HEAD, comma-joined, stay under this many bytes, so that its request line
@@ -95,7 +97,7 @@ def count_records(path: Path, fmt: str) -> int:
         return sum(1 for line in f if line.strip())
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, Any, str]]:
+def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
     # Bytes, decoded per line: one bad line is one invalid record, not a dead import.
     with path.open("rb") as f:
         for number, raw in enumerate(f, start=1):
@@ -115,7 +117,7 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, Any, str]]:
             yield number, doc, ""
 
 
-def _read_csv(path: Path) -> Iterator[tuple[int, Any, str]]:
+def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
     # utf-8-sig: spreadsheets often start a CSV with a byte order mark.
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
@@ -142,11 +144,11 @@ def _read_csv(path: Path) -> Iterator[tuple[int, Any, str]]:
 # --- CSV cells: typed by the schema -------------------------------------------------------
 
 
-def _to_int(text: str) -> Any:
+def _to_int(text: str) -> int | str:
     return int(text) if re.fullmatch(r"[+-]?[0-9]+", text.strip()) else text
 
 
-def _to_number(text: str) -> Any:
+def _to_number(text: str) -> int | float | str:
     stripped = text.strip()
     if re.fullmatch(r"[+-]?[0-9]+", stripped):
         return int(stripped)
@@ -159,22 +161,22 @@ def _to_number(text: str) -> Any:
 _TRUE, _FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
 
 
-def _to_bool(text: str) -> Any:
+def _to_bool(text: str) -> bool | str:
     word = text.strip().lower()
     return True if word in _TRUE else False if word in _FALSE else text
 
 
 # Text that does not convert is passed on unchanged, so the schema reports it with its
 # path ("settings.dataRetentionDays: Not a valid integer.") like any other error.
-_CONVERTERS: dict[type, Callable[[str], Any]] = {
+_CONVERTERS: dict[type, Callable[[str], object]] = {
     schemas.StrictInteger: _to_int,
     schemas.StrictNumber: _to_number,
     schemas.StrictBoolean: _to_bool,
 }
 
 
-def _leaf_fields(schema: Schema, prefix: str = "") -> dict[str, fields.Field]:
-    leaves: dict[str, fields.Field] = {}
+def _leaf_fields(schema: Schema, prefix: str = "") -> dict[str, fields.Field[Any]]:
+    leaves: dict[str, fields.Field[Any]] = {}
     for name, field in schema.fields.items():
         path = f"{prefix}{name}"
         if isinstance(field, fields.Nested):
@@ -184,13 +186,13 @@ def _leaf_fields(schema: Schema, prefix: str = "") -> dict[str, fields.Field]:
     return leaves
 
 
-CSV_COLUMNS: dict[str, fields.Field] = _leaf_fields(schemas.CustomerCreateSchema())
+CSV_COLUMNS: dict[str, fields.Field[Any]] = _leaf_fields(schemas.CustomerCreateSchema())
 
 
-def csv_converters(header: list[str]) -> list[Callable[[str], Any]]:
+def csv_converters(header: list[str]) -> list[Callable[[str], object]]:
     """One converter per column; raises InputError for a column that is no customer field."""
     seen: set[str] = set()
-    converters = []
+    converters: list[Callable[[str], object]] = []
     for column in header:
         if column not in CSV_COLUMNS:
             raise InputError(
@@ -205,7 +207,7 @@ def csv_converters(header: list[str]) -> list[Callable[[str], Any]]:
 
 
 def csv_body(
-    header: list[str], row: list[str], converters: list[Callable[[str], Any]]
+    header: list[str], row: list[str], converters: list[Callable[[str], object]]
 ) -> dict[str, Any]:
     """A row as the nested JSON body; an empty cell leaves its field out."""
     body: dict[str, Any] = {}
@@ -227,11 +229,11 @@ def validation_reason(details: dict[str, list[str]]) -> str:
     return "; ".join(f"{path}: {' '.join(messages)}" for path, messages in details.items())
 
 
-def _validated(raw: Iterable[tuple[int, Any, str]]) -> Iterator[Record]:
+def _validated(raw: Iterable[tuple[int, dict[str, Any] | None, str]]) -> Iterator[Record]:
     for line, doc, problem in raw:
         customer_id = doc.get("customerId") if isinstance(doc, dict) else None
         customer_id = customer_id if isinstance(customer_id, str) else ""
-        if problem:
+        if problem or doc is None:  # the readers give a document whenever no problem
             yield Record(line, customer_id, None, problem)
             continue
         try:
@@ -331,7 +333,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".rstrip(": ")
 
 
-async def _with_retries(options: Options, attempt_once: Callable[[], Any]) -> Any:
+async def _with_retries(options: Options, attempt_once: Callable[[], Awaitable[T]]) -> T:
     """Run attempt_once; retry on 5xx and connection errors; raise the last error."""
     for attempt in range(options.retries + 1):
         try:
