@@ -7,6 +7,7 @@ from datetime import datetime
 
 import asyncpg
 
+from service.db.connect import Connection
 from service.db.nonces import CLAIM_NONCE_SQL, Replayed
 from service.domain.api_keys import key_hash
 
@@ -50,7 +51,7 @@ class Verified:
 
 
 async def rotate(
-    conn: asyncpg.Connection,
+    conn: Connection,
     customer_id: str,
     slot: str,
     key: str,

@@ -9,12 +9,19 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 log = logging.getLogger("xcloud.db")
 T = TypeVar("T")
 
 
 # Errors that mean "the database is not there (yet)", as opposed to a bad request.
+# A connection as asyncpg.connect gives it or as the pool lends it (a proxy): the db/
+# functions that run inside a caller's transaction take either. `Executor` is anything
+# that runs a statement, a pool included.
+Connection = asyncpg.Connection | PoolConnectionProxy
+Executor = asyncpg.Connection | PoolConnectionProxy | asyncpg.Pool
+
 UNAVAILABLE = (
     OSError,
     asyncio.TimeoutError,

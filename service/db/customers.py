@@ -12,6 +12,7 @@ import asyncpg
 import orjson
 
 from service.db import api_keys, idempotency_keys
+from service.db.connect import Connection
 from service.db.nonces import CLAIM_NONCE_SQL, Replayed
 
 # One round trip for a registration: claim the request's nonce, insert the customer
@@ -125,7 +126,7 @@ class KeyedAnswers:
 
 
 async def register_keyed(
-    conn: asyncpg.Connection,
+    conn: Connection,
     service_id: str,
     nonce: str,
     customer: NewCustomer,
@@ -222,7 +223,7 @@ class LockedCustomer:
     """A customer row held under FOR UPDATE until the transaction ends. Every writer of
     a customer's events holds this lock, which makes outbox id order commit order."""
 
-    def __init__(self, conn: asyncpg.Connection, customer_id: str, row: asyncpg.Record | None):
+    def __init__(self, conn: Connection, customer_id: str, row: asyncpg.Record | None):
         self._conn = conn
         self.customer_id = customer_id
         self.row = row
@@ -243,7 +244,7 @@ class LockedCustomer:
         )
 
 
-async def lock_customer(conn: asyncpg.Connection, customer_id: str) -> LockedCustomer:
+async def lock_customer(conn: Connection, customer_id: str) -> LockedCustomer:
     """The customer under FOR UPDATE (row None when unknown), in the caller's transaction,
     which has claimed the request's nonce (usecases/unit_of_work.py)."""
     row = await conn.fetchrow(

@@ -7,6 +7,7 @@ import hashlib
 
 import asyncpg
 
+from service.db.connect import Executor
 from service.db.nonces import CLAIM_NONCE_SQL
 
 # A write's first statement: claim the nonce and, only when it was fresh, try the key's
@@ -64,7 +65,7 @@ STORE_SQL = store_sql()
 _USED_SQL = f"SELECT EXISTS ({PRIOR_SQL})"
 
 
-async def used(conn: asyncpg.Connection | asyncpg.Pool, service_id: str, key: str) -> bool:
+async def used(conn: Executor, service_id: str, key: str) -> bool:
     """Whether a live answer is stored under the key."""
     return bool(await conn.fetchval(_USED_SQL, service_id, key))
 

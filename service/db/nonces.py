@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncpg
 
 from service.auth.signing import WINDOW_SECONDS
+from service.db.connect import Executor
 
 # A nonce must be remembered for as long as its timestamp could still pass (window
 # either side of now), plus a margin for clock differences between instances.
@@ -28,7 +29,7 @@ class Replayed(Exception):
     """The request's nonce had been used already (raised where a write claims it)."""
 
 
-async def claim_nonce(pool: asyncpg.Pool, service_id: str, nonce: str) -> bool:
+async def claim_nonce(pool: Executor, service_id: str, nonce: str) -> bool:
     return await pool.fetchval(CLAIM_NONCE_SQL, service_id, nonce) is not None
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import asyncpg
-
 from service.db import api_keys as api_key_rows
 from service.db import customers
+from service.db.connect import Connection
 from service.domain import api_keys, customer, events
 from service.usecases.customers import NotFound
 from service.usecases.unit_of_work import UnitOfWork
@@ -24,12 +23,12 @@ class Rotated:
 
 def rotate(
     customer_id: str, slot: str
-) -> Callable[[asyncpg.Connection], Awaitable[Rotated | NotFound]]:
+) -> Callable[[Connection], Awaitable[Rotated | NotFound]]:
     """The unit of work's effects: a new key for `slot` under the customer's row lock
     (the old one stops matching in the same commit) and its CustomerApiKeyRotated event,
     which never carries a key."""
 
-    async def effects(conn: asyncpg.Connection) -> Rotated | NotFound:
+    async def effects(conn: Connection) -> Rotated | NotFound:
         if (await customers.lock_customer(conn, customer_id)).row is None:
             return NotFound(customer_id)
         now = customer.utc_now()

@@ -14,6 +14,7 @@ import asyncpg
 import orjson
 
 from service.db import customers
+from service.db.connect import Connection
 from service.domain import customer, events
 from service.usecases.unit_of_work import Answer, UnitOfWork
 
@@ -77,12 +78,12 @@ async def register(
 
 def update(
     customer_id: str, valid: dict[str, Any], matches: Callable[[str], bool] | None
-) -> Callable[[asyncpg.Connection], Awaitable[UpdateResult]]:
+) -> Callable[[Connection], Awaitable[UpdateResult]]:
     """The unit of work's effects: replace the customer's fields under its row lock and
     add a CustomerUpdated event, unless nothing changed. `matches` is If-Match's test of
     the current ETag."""
 
-    async def effects(conn: asyncpg.Connection) -> UpdateResult:
+    async def effects(conn: Connection) -> UpdateResult:
         locked = await customers.lock_customer(conn, customer_id)
         row = locked.row
         if row is None:

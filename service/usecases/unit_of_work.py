@@ -39,6 +39,7 @@ import orjson
 from service import metrics
 from service.auth.secretbox import SecretBox
 from service.db import idempotency_keys, nonces
+from service.db.connect import Connection
 from service.db.customers import KeyedAnswers
 from service.db.nonces import Replayed
 
@@ -140,7 +141,7 @@ class UnitOfWork:
 
     async def run(
         self,
-        effects: Callable[[asyncpg.Connection], Awaitable[R]],
+        effects: Callable[[Connection], Awaitable[R]],
         render: Callable[[R], Answer],
     ) -> Answer:
         """`effects` (state and outbox rows) and the answer `render` makes of their
@@ -159,9 +160,9 @@ class UnitOfWork:
 
     async def _keyed(
         self,
-        conn: asyncpg.Connection,
+        conn: Connection,
         key: str,
-        effects: Callable[[asyncpg.Connection], Awaitable[R]],
+        effects: Callable[[Connection], Awaitable[R]],
         render: Callable[[R], Answer],
     ) -> Answer | Exception:
         refused = await self._begin(conn, key)
@@ -201,7 +202,7 @@ class UnitOfWork:
     async def keyed_statement(
         self,
         outcomes: tuple[Answer, Answer],
-        write: Callable[[asyncpg.Connection, KeyedAnswers], Awaitable[asyncpg.Record]],
+        write: Callable[[Connection, KeyedAnswers], Awaitable[asyncpg.Record]],
     ) -> Answer:
         """A keyed write whose one statement looks the key up, writes unless an answer
         is stored, and stores its own: `outcomes` are its two possible answers (done,
@@ -233,7 +234,7 @@ class UnitOfWork:
                     outcome = done if row["created"] else not_done
         return self._finish(outcome)
 
-    async def _begin(self, conn: asyncpg.Connection, key: str) -> KeyInUse | None:
+    async def _begin(self, conn: Connection, key: str) -> KeyInUse | None:
         """Claim the nonce (`Replayed` when used) and try the key's lock."""
         r = self.request
         begin = await conn.fetchrow(
@@ -242,6 +243,7 @@ class UnitOfWork:
             r.nonce,
             idempotency_keys.lock_id(r.service_id, key),
         )
+        assert begin is not None  # the statement always returns one row
         if not begin["fresh"]:
             raise Replayed
         if not begin["locked"]:
@@ -250,7 +252,7 @@ class UnitOfWork:
         return None
 
     async def _store(
-        self, conn: asyncpg.Connection, key: str, request_hash: bytes, answer: Answer
+        self, conn: Connection, key: str, request_hash: bytes, answer: Answer
     ) -> None:
         stored = await conn.fetchval(
             idempotency_keys.STORE_SQL,
