@@ -15,7 +15,7 @@ from aiohttp import web
 
 from service import metrics
 from service.api import handlers, httpserver
-from service.api.errors import ApiError, from_http_exception
+from service.api.errors import ApiError, ErrorCode, from_http_exception
 from service.api.keys import (
     ANSWERS,
     BODY,
@@ -64,7 +64,7 @@ async def error_middleware(request: web.Request, handler: handlers.Handler) -> w
         response = exc.response()
     except signing.AuthError as exc:
         headers = {"WWW-Authenticate": signing.SCHEME} if exc.status == 401 else None
-        response = ApiError(exc.status, exc.code, exc.message, headers=headers).response()
+        response = ApiError(exc.code, exc.message, headers=headers).response()
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -72,11 +72,13 @@ async def error_middleware(request: web.Request, handler: handlers.Handler) -> w
     except _DB_UNAVAILABLE as exc:
         log.warning("database unavailable", extra={"request_id": rid, "error": type(exc).__name__})
         response = ApiError(
-            503, "SERVICE_UNAVAILABLE", "The database is unavailable", headers={"Retry-After": "1"}
+            ErrorCode.SERVICE_UNAVAILABLE,
+            "The database is unavailable",
+            headers={"Retry-After": "1"},
         ).response()
     except Exception:
         log.exception("unexpected error", extra={"request_id": rid})
-        response = ApiError(500, "INTERNAL_ERROR", "Unexpected error", requestId=rid).response()
+        response = ApiError(ErrorCode.INTERNAL_ERROR, "Unexpected error", requestId=rid).response()
     response.headers["X-Request-Id"] = rid
     if response.status >= 400 and request.body_exists and not request.content.is_eof():
         response.force_close()  # a rejected request's unread body is not worth waiting for
@@ -112,7 +114,7 @@ async def auth_middleware(request: web.Request, handler: handlers.Handler) -> we
     length = request.content_length
     if length is not None and length > MAX_BODY:
         # Answer before reading any of it, and close: the rest is never read.
-        return _closing(ApiError(413, "PAYLOAD_TOO_LARGE", "Request body is larger than 64 KiB"))
+        return _closing(ApiError(ErrorCode.PAYLOAD_TOO_LARGE, "Request body is larger than 64 KiB"))
     signed = signing.parse_headers(request.headers, has_body=request.body_exists)
     signing.check_fresh(signed, time.time())
     path, _, query = request.raw_path.partition("?")
@@ -132,9 +134,11 @@ async def auth_middleware(request: web.Request, handler: handlers.Handler) -> we
             else b""
         )  # read() raises 413 past client_max_size
     except TimeoutError:
-        return _closing(ApiError(408, "REQUEST_TIMEOUT", "The request body did not arrive in time"))
+        return _closing(
+            ApiError(ErrorCode.REQUEST_TIMEOUT, "The request body did not arrive in time")
+        )
     except ConnectionError:  # the caller hung up mid-body: not the database's fault
-        return _closing(ApiError(400, "BAD_REQUEST", "The connection closed before the body"))
+        return _closing(ApiError(ErrorCode.BAD_REQUEST, "The connection closed before the body"))
     signing.check_content_md5(signed, body)
     request[BODY] = body
     request[CALLER] = signed

@@ -12,7 +12,13 @@ from marshmallow import ValidationError
 
 from service import metrics
 from service.api import jsonbody, schemas
-from service.api.errors import ApiError, customer_not_found, json_response, validation_error
+from service.api.errors import (
+    ApiError,
+    ErrorCode,
+    customer_not_found,
+    json_response,
+    validation_error,
+)
 from service.api.keys import (
     ANSWERS,
     BODY,
@@ -104,14 +110,16 @@ async def json_object(request: web.Request) -> dict[str, Any]:
     if request.content_type != "application/json":
         raise await reject(
             request,
-            ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "Content-Type must be application/json"),
+            ApiError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json"),
         )
     try:
         doc = jsonbody.loads(request[BODY])
     except jsonbody.InvalidJson as exc:
-        raise await reject(request, ApiError(400, "INVALID_JSON", str(exc))) from None
+        raise await reject(request, ApiError(ErrorCode.INVALID_JSON, str(exc))) from None
     if not isinstance(doc, dict):
-        raise await reject(request, ApiError(400, "INVALID_JSON", "The body must be a JSON object"))
+        raise await reject(
+            request, ApiError(ErrorCode.INVALID_JSON, "The body must be a JSON object")
+        )
     return doc
 
 
@@ -127,7 +135,7 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         row = await asyncio.wait_for(request.app[POOL].fetchrow(RELAYS_SQL), 2.0)
     except TimeoutError:
-        raise ApiError(503, "SERVICE_UNAVAILABLE", "The database does not answer") from None
+        raise ApiError(ErrorCode.SERVICE_UNAVAILABLE, "The database does not answer") from None
     relays = {"live": row["live"], "lanesHeld": row["lanes_held"], "lanes": customer.LANES}
     return json_response({"status": "ready", "database": "ok", "relays": relays})
 
@@ -164,8 +172,7 @@ async def register_customer(request: web.Request) -> web.Response:
     event = customers.Event(event_id, customer.lane_of(customer_id), payload)
 
     exists = ApiError(
-        409,
-        "CUSTOMER_EXISTS",
+        ErrorCode.CUSTOMER_EXISTS,
         f"Customer with ID '{customer_id}' already exists",
         customerId=customer_id,
     )
@@ -330,7 +337,9 @@ async def update_customer(request: web.Request) -> web.Response:
         if row is None:
             raise customer_not_found(customer_id)
         if if_match is not None and not _matches(if_match, _etag(row)):
-            raise ApiError(412, "PRECONDITION_FAILED", "If-Match does not match the current ETag")
+            raise ApiError(
+                ErrorCode.PRECONDITION_FAILED, "If-Match does not match the current ETag"
+            )
         old = orjson.loads(row["data"])
         data = customer.mutable_fields(valid, old["limits"])
         if data == old and valid["status"] == row["status"]:
@@ -389,7 +398,7 @@ async def rotate_api_key(request: web.Request) -> web.Response:
 
 
 def api_key_not_found() -> ApiError:
-    return ApiError(404, "API_KEY_NOT_FOUND", "No customer holds this API key")
+    return ApiError(ErrorCode.API_KEY_NOT_FOUND, "No customer holds this API key")
 
 
 @claims_nonce

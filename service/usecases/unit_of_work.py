@@ -34,7 +34,7 @@ import orjson
 from aiohttp import web
 
 from service import metrics
-from service.api.errors import ApiError, validation_error
+from service.api.errors import ApiError, ErrorCode, validation_error
 from service.auth.secretbox import SecretBox
 from service.db.nonces import CLAIM_NONCE_SQL, Replayed
 
@@ -157,8 +157,7 @@ _STORE_SQL = store_sql()
 
 def in_use() -> ApiError:
     return ApiError(
-        409,
-        "IDEMPOTENCY_KEY_IN_USE",
+        ErrorCode.IDEMPOTENCY_KEY_IN_USE,
         "A request with this Idempotency-Key is still in progress; retry shortly",
         headers={"Retry-After": "1"},
     )
@@ -166,8 +165,7 @@ def in_use() -> ApiError:
 
 def reused() -> ApiError:
     return ApiError(
-        422,
-        "IDEMPOTENCY_KEY_REUSED",
+        ErrorCode.IDEMPOTENCY_KEY_REUSED,
         "This Idempotency-Key was used for a different request",
     )
 
