@@ -23,12 +23,14 @@ from service.api.keys import (
     CREDENTIALS,
     CURSORS,
     GAUGES,
+    LIST_QUERY,
     POOL,
     REQUEST_ID,
     SETTINGS,
     WAKER,
 )
 from service.api.pagination import CursorSigner
+from service.api.schemas import ListQuerySchema
 from service.auth import signing
 from service.auth.credentials import CredentialStore
 from service.auth.secretbox import SecretBox
@@ -225,6 +227,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[CURSORS] = CursorSigner(settings.secret_key)
+    app[LIST_QUERY] = ListQuerySchema(app[CURSORS])
     app.cleanup_ctx.extend([_database, _gauge_refresher, _nonce_sweeper, _idempotency, _waker])
     if settings.metrics_port is None:
         _add_ops_routes(app)

@@ -26,11 +26,12 @@ from service.api.keys import (
     CURSORS,
     GAUGES,
     IDEMPOTENCY_KEY,
+    LIST_QUERY,
     POOL,
     SETTINGS,
     WAKER,
 )
-from service.api.pagination import BadCursor, Position
+from service.api.pagination import Position
 from service.auth import signing
 from service.db import api_keys as api_key_rows
 from service.db import customers, nonces
@@ -228,8 +229,6 @@ async def register_customer(request: web.Request) -> web.Response:
 
 # --- reads and updates (contract sections 5-8) ------------------------------------
 
-_LIST_PARAMS = ("limit", "cursor", "status")
-
 
 def _path_customer_id(request: web.Request) -> str:
     customer_id = request.match_info["customerId"]
@@ -258,31 +257,11 @@ def _matches(header: str, tag: str) -> bool:
 
 
 async def list_customers(request: web.Request) -> web.Response:
-    query = request.query
-    details: dict[str, list[str]] = {}
-    for key in set(query):
-        if key not in _LIST_PARAMS:
-            details[key] = ["Unknown parameter."]
-        elif len(query.getall(key)) > 1:
-            details[key] = ["Given more than once."]
-    limit = 50
-    if "limit" in query:
-        raw = query["limit"]
-        if raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 100:
-            limit = int(raw)
-        else:
-            details["limit"] = ["Must be a whole number from 1 to 100."]
-    status = query.get("status")
-    if status is not None and status not in customer.STATUSES:
-        details["status"] = [f"Must be one of: {', '.join(customer.STATUSES)}."]
-    after = None
-    if "cursor" in query and "status" not in details:
-        try:
-            after = request.app[CURSORS].decode(query["cursor"], status)
-        except BadCursor as exc:
-            details["cursor"] = [str(exc)]
-    if details:
-        raise validation_error(details)
+    try:
+        query = schemas.load_list_query(request.app[LIST_QUERY], request.query)
+    except ValidationError as exc:
+        raise validation_error(exc.messages_dict) from None  # flat: parameter -> messages
+    limit, status, after = query.limit, query.status, query.after
 
     rows = await customers.list_page(
         request.app[POOL],
