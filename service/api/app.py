@@ -30,6 +30,8 @@ from service.api.keys import (
     WAKER,
 )
 from service.api.pagination import CursorSigner
+from service.api.routes import API_PREFIX as API_PREFIX  # tests import it from here
+from service.api.routes import BY_HANDLER, ROUTES, Route
 from service.api.schemas import ListQuerySchema
 from service.auth import signing
 from service.auth.credentials import CredentialStore
@@ -44,7 +46,6 @@ log = logging.getLogger("xcloud.api")
 access_log = logging.getLogger("xcloud.access")
 
 MAX_BODY = 64 * 1024
-API_PREFIX = "/xcloud/v1"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # The database is down or unreachable: 503, not 500.
@@ -111,7 +112,8 @@ def _observe(request: web.Request, status: int, seconds: float) -> None:
 @web.middleware
 async def auth_middleware(request: web.Request, handler: handlers.Handler) -> web.StreamResponse:
     """Contract section 2, in its order; the nonce is claimed last."""
-    if not request.path.startswith(API_PREFIX) or request.match_info.http_exception:
+    route = BY_HANDLER.get(request.match_info.handler)
+    if route is None or not route.signed:
         return await handler(request)  # unknown routes get their 404/405 unauthenticated
     length = request.content_length
     if length is not None and length > MAX_BODY:
@@ -144,7 +146,7 @@ async def auth_middleware(request: web.Request, handler: handlers.Handler) -> we
     signing.check_content_md5(signed, body)
     request[BODY] = body
     request[CALLER] = signed
-    if not getattr(request.match_info.handler, "claims_nonce", False):
+    if not route.claims_nonce:
         await handlers.claim_nonce(request)
     return await handler(request)
 
@@ -229,33 +231,24 @@ def create_app(settings: Settings) -> web.Application:
     app[CURSORS] = CursorSigner(settings.secret_key)
     app[LIST_QUERY] = ListQuerySchema(app[CURSORS])
     app.cleanup_ctx.extend([_database, _gauge_refresher, _nonce_sweeper, _idempotency, _waker])
-    if settings.metrics_port is None:
-        _add_ops_routes(app)
-    app.router.add_get("/openapi.json", handlers.openapi, allow_head=False)
-    app.router.add_post(f"{API_PREFIX}/customers", handlers.register_customer)
-    app.router.add_get(f"{API_PREFIX}/customers", handlers.list_customers, allow_head=False)
-    one = app.router.add_resource(f"{API_PREFIX}/customers/{{customerId}}")
-    one.add_route("GET", handlers.get_customer)
-    one.add_route("PUT", handlers.update_customer)
-    one.add_route("HEAD", handlers.customers_exist)  # 1-100 comma-separated ids
-    app.router.add_post(
-        f"{API_PREFIX}/customers/{{customerId}}/api-keys/{{slot}}", handlers.rotate_api_key
-    )
-    app.router.add_post(f"{API_PREFIX}/api-keys/verify", handlers.verify_api_key)
+    _add_routes(app, [r for r in ROUTES if not (r.ops and settings.metrics_port is not None)])
     return app
 
 
-def _add_ops_routes(app: web.Application) -> None:
-    app.router.add_get("/healthz", handlers.healthz, allow_head=False)
-    app.router.add_get("/readyz", handlers.readyz, allow_head=False)
-    app.router.add_get("/metrics", handlers.prometheus, allow_head=False)
+def _add_routes(app: web.Application, table: list[Route]) -> None:
+    """One resource per path, each method added as it is (no implicit HEAD for a GET)."""
+    resources: dict[str, web.Resource] = {}
+    for route in table:
+        if route.path not in resources:
+            resources[route.path] = app.router.add_resource(route.path)
+        resources[route.path].add_route(route.method, route.handler)
 
 
 def create_ops_app(api: web.Application) -> web.Application:
     """/healthz, /readyz and /metrics alone, for XCLOUD_METRICS_PORT. They answer from
     the API app's pool and gauges, so `api` must be started first."""
     ops = web.Application(middlewares=[error_middleware], handler_args=httpserver.HANDLER_ARGS)
-    _add_ops_routes(ops)
+    _add_routes(ops, [r for r in ROUTES if r.ops])
 
     async def share(ops: web.Application) -> None:
         ops[POOL] = api[POOL]

@@ -42,12 +42,6 @@ from service.usecases import unit_of_work
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def claims_nonce(handler: Handler) -> Handler:
-    """Marks a handler that claims the request's nonce in its own write statement."""
-    handler.claims_nonce = True  # type: ignore[attr-defined]
-    return handler
-
-
 async def claim_nonce(request: web.Request) -> None:
     caller = request[CALLER]
     if not await nonces.claim_nonce(request.app[POOL], caller.service_id, caller.nonce):
@@ -152,7 +146,6 @@ async def openapi(request: web.Request) -> web.Response:
     return json_response(build_spec())
 
 
-@claims_nonce
 async def register_customer(request: web.Request) -> web.Response:
     key = await idempotency_key(request)
     doc = await json_object(request)
@@ -291,7 +284,6 @@ async def get_customer(request: web.Request) -> web.Response:
     return json_response(_represent(row), headers={"ETag": tag})
 
 
-@claims_nonce
 async def update_customer(request: web.Request) -> web.Response:
     key = await idempotency_key(request)
     try:
@@ -344,7 +336,6 @@ async def update_customer(request: web.Request) -> web.Response:
 # --- API keys (contract section 13) --------------------------------------------------
 
 
-@claims_nonce
 async def rotate_api_key(request: web.Request) -> web.Response:
     key = await idempotency_key(request)
     details: dict[str, list[str]] = {}
@@ -380,7 +371,6 @@ def api_key_not_found() -> ApiError:
     return ApiError(ErrorCode.API_KEY_NOT_FOUND, "No customer holds this API key")
 
 
-@claims_nonce
 async def verify_api_key(request: web.Request) -> web.Response:
     doc = await json_object(request)
     try:

@@ -14,9 +14,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, missing, validate, validates
+from marshmallow import (
+    EXCLUDE,
+    INCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    missing,
+    validate,
+    validates,
+)
 from multidict import MultiMapping
 
+from service.api.errors import ErrorCode
 from service.api.pagination import BadCursor, CursorSigner, Position
 from service.domain import api_keys
 from service.domain.customer import (
@@ -261,6 +271,55 @@ class RotatedKeySchema(Schema):
 
 
 VERIFY_REQUEST = VerifyRequestSchema()
+
+
+# --- answer shapes the handlers build by hand (documented in the OpenAPI document) -----
+
+
+class ErrorSchema(Schema):
+    class Meta:
+        unknown = INCLUDE  # the contract's `{"error", "message", ...more}`
+
+    error = fields.String(required=True, validate=validate.OneOf([c.value for c in ErrorCode]))
+    message = fields.String(required=True, metadata={"description": "Human text."})
+    details = fields.Dict(
+        keys=fields.String(),
+        values=fields.List(fields.String()),
+        metadata={"description": "VALIDATION_ERROR: dotted field path -> messages."},
+    )
+    customerId = fields.String(metadata={"description": "CUSTOMER_EXISTS, CUSTOMER_NOT_FOUND."})
+    requestId = fields.String(metadata={"description": "INTERNAL_ERROR: the X-Request-Id."})
+
+
+class CustomerListSchema(Schema):
+    customers = fields.List(fields.Nested(CustomerSchema), required=True)
+    nextCursor = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "Pass as `cursor` for the next page; null on the last."},
+    )
+
+
+class HealthSchema(Schema):
+    status = fields.String(required=True, validate=validate.OneOf(["ok"]))
+
+
+class RelaysSchema(Schema):
+    live = fields.Integer(required=True, metadata={"description": "Relays running anywhere."})
+    lanesHeld = fields.Integer(required=True, metadata={"description": "Lanes they hold."})
+    lanes = fields.Integer(required=True, metadata={"description": "Lanes in all."})
+
+
+class ReadinessSchema(Schema):
+    class Meta:
+        unknown = INCLUDE
+
+    status = fields.String(required=True, validate=validate.OneOf(["ready"]))
+    database = fields.String()
+    relays = fields.Nested(
+        RelaysSchema,
+        metadata={"description": "What PostgreSQL's lock table says of the outbox relays."},
+    )
 
 
 # --- the list's query (contract section 5) --------------------------------------------
