@@ -9,7 +9,7 @@ parameters follow from the fields below and from the schemas named here.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from marshmallow import Schema
@@ -54,7 +54,7 @@ class Route:
     # middleware does not claim it first (a replay is still answered first: handlers.reject).
     claims_nonce: bool = False
     ops: bool = False  # /healthz /readyz /metrics: on their own port with XCLOUD_METRICS_PORT
-    operation_id: str = field(default="")
+    operation_id: str = ""
 
     @property
     def signed(self) -> bool:
