@@ -172,7 +172,12 @@ async def _gauge_refresher(app: web.Application) -> AsyncIterator[None]:
     interval = app[SETTINGS].metrics_refresh_seconds
 
     async def refresh() -> None:
-        while True:
+        this = asyncio.current_task()
+        assert this is not None
+        # Python 3.11's asyncio.wait_for (in gauges.refresh) loses a cancel that lands as
+        # its query completes; the pending cancel request still ends the loop (a shutdown
+        # hung on this, waiting for the task, under load).
+        while not this.cancelling():
             await gauges.refresh(app[POOL], LANE_LOCK)
             await asyncio.sleep(interval)
 
