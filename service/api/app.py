@@ -23,17 +23,22 @@ from service.api.keys import (
     CREDENTIALS,
     CURSORS,
     GAUGES,
+    LIST_QUERY,
     POOL,
     REQUEST_ID,
     SETTINGS,
     WAKER,
 )
 from service.api.pagination import CursorSigner
+from service.api.routes import API_PREFIX as API_PREFIX  # tests import it from here
+from service.api.routes import BY_HANDLER, SERVED
+from service.api.schemas import ListQuerySchema
 from service.auth import signing
 from service.auth.credentials import CredentialStore
 from service.auth.secretbox import SecretBox
 from service.config import Settings
 from service.db import connect, idempotency_keys, nonces
+from service.error_codes import ErrorCode
 from service.outbox.lanes import LANE_LOCK
 from service.outbox.wakeup import Waker
 from service.usecases import unit_of_work
@@ -42,7 +47,6 @@ log = logging.getLogger("xcloud.api")
 access_log = logging.getLogger("xcloud.access")
 
 MAX_BODY = 64 * 1024
-API_PREFIX = "/xcloud/v1"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # The database is down or unreachable: 503, not 500.
@@ -64,7 +68,7 @@ async def error_middleware(request: web.Request, handler: handlers.Handler) -> w
         response = exc.response()
     except signing.AuthError as exc:
         headers = {"WWW-Authenticate": signing.SCHEME} if exc.status == 401 else None
-        response = ApiError(exc.status, exc.code, exc.message, headers=headers).response()
+        response = ApiError(exc.code, exc.message, headers=headers).response()
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -72,11 +76,13 @@ async def error_middleware(request: web.Request, handler: handlers.Handler) -> w
     except _DB_UNAVAILABLE as exc:
         log.warning("database unavailable", extra={"request_id": rid, "error": type(exc).__name__})
         response = ApiError(
-            503, "SERVICE_UNAVAILABLE", "The database is unavailable", headers={"Retry-After": "1"}
+            ErrorCode.SERVICE_UNAVAILABLE,
+            "The database is unavailable",
+            headers={"Retry-After": "1"},
         ).response()
     except Exception:
         log.exception("unexpected error", extra={"request_id": rid})
-        response = ApiError(500, "INTERNAL_ERROR", "Unexpected error", requestId=rid).response()
+        response = ApiError(ErrorCode.INTERNAL_ERROR, "Unexpected error", requestId=rid).response()
     response.headers["X-Request-Id"] = rid
     if response.status >= 400 and request.body_exists and not request.content.is_eof():
         response.force_close()  # a rejected request's unread body is not worth waiting for
@@ -107,12 +113,13 @@ def _observe(request: web.Request, status: int, seconds: float) -> None:
 @web.middleware
 async def auth_middleware(request: web.Request, handler: handlers.Handler) -> web.StreamResponse:
     """Contract section 2, in its order; the nonce is claimed last."""
-    if not request.path.startswith(API_PREFIX) or request.match_info.http_exception:
+    route = BY_HANDLER.get(request.match_info.handler)
+    if route is None or not route.signed:
         return await handler(request)  # unknown routes get their 404/405 unauthenticated
     length = request.content_length
     if length is not None and length > MAX_BODY:
         # Answer before reading any of it, and close: the rest is never read.
-        return _closing(ApiError(413, "PAYLOAD_TOO_LARGE", "Request body is larger than 64 KiB"))
+        return _closing(ApiError(ErrorCode.PAYLOAD_TOO_LARGE, "Request body is larger than 64 KiB"))
     signed = signing.parse_headers(request.headers, has_body=request.body_exists)
     signing.check_fresh(signed, time.time())
     path, _, query = request.raw_path.partition("?")
@@ -132,14 +139,15 @@ async def auth_middleware(request: web.Request, handler: handlers.Handler) -> we
             else b""
         )  # read() raises 413 past client_max_size
     except TimeoutError:
-        return _closing(ApiError(408, "REQUEST_TIMEOUT", "The request body did not arrive in time"))
+        return _closing(
+            ApiError(ErrorCode.REQUEST_TIMEOUT, "The request body did not arrive in time")
+        )
     except ConnectionError:  # the caller hung up mid-body: not the database's fault
-        return _closing(ApiError(400, "BAD_REQUEST", "The connection closed before the body"))
+        return _closing(ApiError(ErrorCode.BAD_REQUEST, "The connection closed before the body"))
     signing.check_content_md5(signed, body)
     request[BODY] = body
     request[CALLER] = signed
-    claimed_later = getattr(request.match_info.handler, "claims_nonce", False)  # a write
-    if not claimed_later and not await nonces.claim_nonce(
+    if not route.write and not await nonces.claim_nonce(  # a read: claimed here
         request.app[POOL], signed.service_id, signed.nonce
     ):
         raise signing.replayed()
@@ -167,7 +175,12 @@ async def _gauge_refresher(app: web.Application) -> AsyncIterator[None]:
     interval = app[SETTINGS].metrics_refresh_seconds
 
     async def refresh() -> None:
-        while True:
+        this = asyncio.current_task()
+        assert this is not None
+        # Python 3.11's asyncio.wait_for (in gauges.refresh) loses a cancel that lands as
+        # its query completes; the pending cancel request still ends the loop (a shutdown
+        # hung on this, waiting for the task, under load).
+        while not this.cancelling():
             await gauges.refresh(app[POOL], LANE_LOCK)
             await asyncio.sleep(interval)
 
@@ -224,34 +237,29 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[CURSORS] = CursorSigner(settings.secret_key)
+    app[LIST_QUERY] = ListQuerySchema(app[CURSORS])
     app.cleanup_ctx.extend([_database, _gauge_refresher, _sweeper, _waker])
-    if settings.metrics_port is None:
-        _add_ops_routes(app)
-    app.router.add_get("/openapi.json", handlers.openapi, allow_head=False)
-    app.router.add_post(f"{API_PREFIX}/customers", handlers.register_customer)
-    app.router.add_get(f"{API_PREFIX}/customers", handlers.list_customers, allow_head=False)
-    one = app.router.add_resource(f"{API_PREFIX}/customers/{{customerId}}")
-    one.add_route("GET", handlers.get_customer)
-    one.add_route("PUT", handlers.update_customer)
-    one.add_route("HEAD", handlers.customers_exist)  # 1-100 comma-separated ids
-    app.router.add_post(
-        f"{API_PREFIX}/customers/{{customerId}}/api-keys/{{slot}}", handlers.rotate_api_key
-    )
-    app.router.add_post(f"{API_PREFIX}/api-keys/verify", handlers.verify_api_key)
+    _add_routes(app, ops=settings.metrics_port is None, api=True)
     return app
 
 
-def _add_ops_routes(app: web.Application) -> None:
-    app.router.add_get("/healthz", handlers.healthz, allow_head=False)
-    app.router.add_get("/readyz", handlers.readyz, allow_head=False)
-    app.router.add_get("/metrics", handlers.prometheus, allow_head=False)
+def _add_routes(app: web.Application, *, ops: bool, api: bool) -> None:
+    """The table's ops routes, API routes or both: one resource per path, each method
+    added as it is (no implicit HEAD for a GET)."""
+    resources: dict[str, web.Resource] = {}
+    for route, handler in SERVED:
+        if not (ops if route.ops else api):
+            continue
+        if route.path not in resources:
+            resources[route.path] = app.router.add_resource(route.path)
+        resources[route.path].add_route(route.method, handler)
 
 
 def create_ops_app(api: web.Application) -> web.Application:
     """/healthz, /readyz and /metrics alone, for XCLOUD_METRICS_PORT. They answer from
     the API app's pool and gauges, so `api` must be started first."""
     ops = web.Application(middlewares=[error_middleware], handler_args=httpserver.HANDLER_ARGS)
-    _add_ops_routes(ops)
+    _add_routes(ops, ops=True, api=False)
 
     async def share(ops: web.Application) -> None:
         ops[POOL] = api[POOL]

@@ -1,4 +1,8 @@
-"""The one error format of the API (contract section 1): a status and a JSON object."""
+"""The one error format of the API (contract section 1): a status and a JSON object.
+
+Every code an error body can carry is an `ErrorCode`, with its status: the handlers,
+the middlewares, the auth checks and the OpenAPI document all take them from here.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +11,22 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from service.error_codes import ErrorCode
+
 
 class ApiError(Exception):
     def __init__(
         self,
-        status: int,
-        code: str,
+        code: ErrorCode,
         message: str,
         *,
+        status: int | None = None,
         headers: dict[str, str] | None = None,
         **extra: Any,
     ) -> None:
+        """`status` only for HTTP_ERROR, whose status is aiohttp's; others have their own."""
         super().__init__(message)
-        self.status = status
+        self.status = code.status if status is None else status
         self.code = code
         self.message = message
         self.headers = headers or {}
@@ -46,13 +53,12 @@ def json_response(
 
 
 def validation_error(details: dict[str, list[str]]) -> ApiError:
-    return ApiError(400, "VALIDATION_ERROR", "The request is not valid", details=details)
+    return ApiError(ErrorCode.VALIDATION_ERROR, "The request is not valid", details=details)
 
 
 def customer_not_found(customer_id: str) -> ApiError:
     return ApiError(
-        404,
-        "CUSTOMER_NOT_FOUND",
+        ErrorCode.CUSTOMER_NOT_FOUND,
         f"Customer with ID '{customer_id}' not found",
         customerId=customer_id,
     )
@@ -60,16 +66,19 @@ def customer_not_found(customer_id: str) -> ApiError:
 
 # aiohttp's own HTTP exceptions (router misses, size limits) in the contract's words.
 HTTP_CODES = {
-    400: ("BAD_REQUEST", "Bad request"),
-    404: ("NOT_FOUND", "No such route"),
-    405: ("METHOD_NOT_ALLOWED", "Method not allowed on this route"),
-    408: ("REQUEST_TIMEOUT", "The request did not arrive in time"),
-    413: ("PAYLOAD_TOO_LARGE", "Request body is larger than 64 KiB"),
-    415: ("UNSUPPORTED_MEDIA_TYPE", "Content-Type must be application/json"),
+    code.status: (code, message)
+    for code, message in (
+        (ErrorCode.BAD_REQUEST, "Bad request"),
+        (ErrorCode.NOT_FOUND, "No such route"),
+        (ErrorCode.METHOD_NOT_ALLOWED, "Method not allowed on this route"),
+        (ErrorCode.REQUEST_TIMEOUT, "The request did not arrive in time"),
+        (ErrorCode.PAYLOAD_TOO_LARGE, "Request body is larger than 64 KiB"),
+        (ErrorCode.UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json"),
+    )
 }
 
 
 def from_http_exception(exc: web.HTTPException) -> ApiError:
-    code, message = HTTP_CODES.get(exc.status, ("HTTP_ERROR", exc.reason))
+    code, message = HTTP_CODES.get(exc.status, (ErrorCode.HTTP_ERROR, exc.reason))
     headers = {k: v for k, v in exc.headers.items() if k in ("Allow",)}
-    return ApiError(exc.status, code, message, headers=headers)
+    return ApiError(code, message, status=exc.status, headers=headers)

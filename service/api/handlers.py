@@ -19,11 +19,22 @@ from marshmallow import ValidationError
 from service import metrics
 from service.api import idempotency, jsonbody, schemas
 from service.api.errors import ApiError, customer_not_found, json_response, validation_error
-from service.api.keys import ANSWERS, BODY, CALLER, CURSORS, GAUGES, POOL, SETTINGS, WAKER
-from service.api.pagination import BadCursor, Position
+from service.api.keys import (
+    ANSWERS,
+    BODY,
+    CALLER,
+    CURSORS,
+    GAUGES,
+    LIST_QUERY,
+    POOL,
+    SETTINGS,
+    WAKER,
+)
+from service.api.pagination import Position
 from service.auth import signing
 from service.db import customers
 from service.domain import api_keys, customer
+from service.error_codes import ErrorCode
 from service.outbox.lanes import RELAYS_SQL
 from service.usecases import api_keys as key_cases
 from service.usecases import customers as customer_cases
@@ -41,14 +52,16 @@ WriteHandler = Callable[[web.Request, UnitOfWork], Awaitable[web.StreamResponse]
 
 
 def write(handler: WriteHandler) -> Handler:
-    """A write route: its handler gets the request's unit of work. Whatever the handler
-    raises before the write (a bad key, body or path), the unit of work claims the nonce
-    first, so a replay is answered 401 before anything, and a refused request that reuses
-    a key with a stored answer gets 422 (it differs from the stored one, which passed)."""
+    """A write route (routes.Route.write): its handler gets the request's unit of work.
+    Whatever the handler raises before the write (a bad key, body or path), the unit of
+    work claims the nonce first, so a replay is answered 401 before anything, and a
+    refused request that reuses a key with a stored answer gets 422 (it differs from the
+    stored one, which passed the same checks)."""
 
     @functools.wraps(handler)
     async def route(request: web.Request) -> web.StreamResponse:
-        caller = request[CALLER]
+        caller, resource = request[CALLER], request.match_info.route.resource
+        assert resource is not None  # a handler runs only on the route it matched
         uow = UnitOfWork(
             request.app[POOL],
             request.app[ANSWERS],
@@ -58,7 +71,7 @@ def write(handler: WriteHandler) -> Handler:
                 caller.nonce,
                 request.method,
                 request.path,
-                request.match_info.route.resource.canonical,
+                resource.canonical,
             ),
         )
         try:
@@ -74,7 +87,6 @@ def write(handler: WriteHandler) -> Handler:
                 raise _refusal(exc) from None
             raise
 
-    route.claims_nonce = True  # type: ignore[attr-defined]
     return route
 
 
@@ -107,13 +119,13 @@ def _error_answer(error: ApiError) -> Answer:
 
 def json_object(request: web.Request) -> dict[str, Any]:
     if request.content_type != "application/json":
-        raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "Content-Type must be application/json")
+        raise ApiError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json")
     try:
         doc = jsonbody.loads(request[BODY])
     except jsonbody.InvalidJson as exc:
-        raise ApiError(400, "INVALID_JSON", str(exc)) from None
+        raise ApiError(ErrorCode.INVALID_JSON, str(exc)) from None
     if not isinstance(doc, dict):
-        raise ApiError(400, "INVALID_JSON", "The body must be a JSON object")
+        raise ApiError(ErrorCode.INVALID_JSON, "The body must be a JSON object")
     return doc
 
 
@@ -136,7 +148,8 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         row = await asyncio.wait_for(request.app[POOL].fetchrow(RELAYS_SQL), 2.0)
     except TimeoutError:
-        raise ApiError(503, "SERVICE_UNAVAILABLE", "The database does not answer") from None
+        raise ApiError(ErrorCode.SERVICE_UNAVAILABLE, "The database does not answer") from None
+    assert row is not None  # the statement always returns one row
     relays = {"live": row["live"], "lanesHeld": row["lanes_held"], "lanes": customer.LANES}
     return json_response({"status": "ready", "database": "ok", "relays": relays})
 
@@ -152,7 +165,6 @@ async def openapi(request: web.Request) -> web.Response:
     return json_response(build_spec())
 
 
-@write
 async def register_customer(request: web.Request, uow: UnitOfWork) -> web.StreamResponse:
     uow.key = idempotency.key_of(request.headers)
     uow.body = doc = json_object(request)
@@ -179,16 +191,13 @@ async def register_customer(request: web.Request, uow: UnitOfWork) -> web.Stream
 
 def customer_exists(customer_id: str) -> ApiError:
     return ApiError(
-        409,
-        "CUSTOMER_EXISTS",
+        ErrorCode.CUSTOMER_EXISTS,
         f"Customer with ID '{customer_id}' already exists",
         customerId=customer_id,
     )
 
 
 # --- reads and updates (contract sections 5-8) ------------------------------------
-
-_LIST_PARAMS = ("limit", "cursor", "status")
 
 
 def _path_customer_id(request: web.Request) -> str:
@@ -208,31 +217,11 @@ def _matches(header: str, tag: str) -> bool:
 
 
 async def list_customers(request: web.Request) -> web.Response:
-    query = request.query
-    details: dict[str, list[str]] = {}
-    for key in set(query):
-        if key not in _LIST_PARAMS:
-            details[key] = ["Unknown parameter."]
-        elif len(query.getall(key)) > 1:
-            details[key] = ["Given more than once."]
-    limit = 50
-    if "limit" in query:
-        raw = query["limit"]
-        if raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 100:
-            limit = int(raw)
-        else:
-            details["limit"] = ["Must be a whole number from 1 to 100."]
-    status = query.get("status")
-    if status is not None and status not in customer.STATUSES:
-        details["status"] = [f"Must be one of: {', '.join(customer.STATUSES)}."]
-    after = None
-    if "cursor" in query and "status" not in details:
-        try:
-            after = request.app[CURSORS].decode(query["cursor"], status)
-        except BadCursor as exc:
-            details["cursor"] = [str(exc)]
-    if details:
-        raise validation_error(details)
+    try:
+        query = schemas.load_list_query(request.app[LIST_QUERY], request.query)
+    except ValidationError as exc:
+        raise validation_error(exc.messages_dict) from None  # flat: parameter -> messages
+    limit, status, after = query.limit, query.status, query.after
 
     rows = await customers.list_page(
         request.app[POOL],
@@ -262,7 +251,6 @@ async def get_customer(request: web.Request) -> web.Response:
     return json_response(customer_cases.represent(row), headers={"ETag": tag})
 
 
-@write
 async def update_customer(request: web.Request, uow: UnitOfWork) -> web.StreamResponse:
     uow.key = idempotency.key_of(request.headers)
     customer_id = _path_customer_id(request)
@@ -281,7 +269,7 @@ def _updated(result: customer_cases.UpdateResult) -> Answer:
         return _error_answer(customer_not_found(result.customer_id))
     if isinstance(result, customer_cases.PreconditionFailed):
         return _error_answer(
-            ApiError(412, "PRECONDITION_FAILED", "If-Match does not match the current ETag")
+            ApiError(ErrorCode.PRECONDITION_FAILED, "If-Match does not match the current ETag")
         )
     return _json_answer(result.representation, headers={"ETag": result.etag})
 
@@ -289,7 +277,6 @@ def _updated(result: customer_cases.UpdateResult) -> Answer:
 # --- API keys (contract section 13) --------------------------------------------------
 
 
-@write
 async def rotate_api_key(request: web.Request, uow: UnitOfWork) -> web.StreamResponse:
     uow.key = idempotency.key_of(request.headers)
     details: dict[str, list[str]] = {}
@@ -314,10 +301,9 @@ def _rotated(result: key_cases.Rotated | customer_cases.NotFound) -> Answer:
 
 
 def api_key_not_found() -> ApiError:
-    return ApiError(404, "API_KEY_NOT_FOUND", "No customer holds this API key")
+    return ApiError(ErrorCode.API_KEY_NOT_FOUND, "No customer holds this API key")
 
 
-@write
 async def verify_api_key(request: web.Request, uow: UnitOfWork) -> web.StreamResponse:
     api_key = _valid(schemas.VERIFY_REQUEST.load, json_object(request))["apiKey"]
     if not api_keys.well_formed(api_key):  # no key has this form: no lookup

@@ -21,6 +21,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from service import metrics
 from service.api.errors import ApiError
+from service.error_codes import ErrorCode
 
 log = logging.getLogger("xcloud.api")
 
@@ -58,10 +59,10 @@ class _JsonErrorHandler(RequestHandler):
                     "detail": (message or "")[:160],
                 },
             )
-            error = ApiError(400, "BAD_REQUEST", _explain(exc))
+            error = ApiError(ErrorCode.BAD_REQUEST, _explain(exc))
         else:  # a failure outside the app's middlewares: unexpected, so the traceback
             log.error("unexpected error", exc_info=exc, extra={"request_id": rid})
-            error = ApiError(500, "INTERNAL_ERROR", "Unexpected error", requestId=rid)
+            error = ApiError(ErrorCode.INTERNAL_ERROR, "Unexpected error", requestId=rid)
         metrics.REQUESTS.labels("OTHER", "unparsed", error.status).inc()
         response = error.response()
         response.headers["X-Request-Id"] = rid

@@ -8,6 +8,7 @@ import re
 from multidict import CIMultiDictProxy
 
 from service.api.errors import ApiError, validation_error
+from service.error_codes import ErrorCode
 
 KEY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -28,8 +29,7 @@ def key_of(headers: CIMultiDictProxy[str]) -> str | None:
 
 def in_use() -> ApiError:
     return ApiError(
-        409,
-        "IDEMPOTENCY_KEY_IN_USE",
+        ErrorCode.IDEMPOTENCY_KEY_IN_USE,
         "A request with this Idempotency-Key is still in progress; retry shortly",
         headers={"Retry-After": "1"},
     )
@@ -37,7 +37,6 @@ def in_use() -> ApiError:
 
 def reused() -> ApiError:
     return ApiError(
-        422,
-        "IDEMPOTENCY_KEY_REUSED",
+        ErrorCode.IDEMPOTENCY_KEY_REUSED,
         "This Idempotency-Key was used for a different request",
     )

@@ -6,6 +6,7 @@ import asyncpg
 from aiohttp import web
 
 from service.api.pagination import CursorSigner
+from service.api.schemas import ListQuerySchema
 from service.auth.credentials import CredentialStore
 from service.auth.signing import SignedRequest
 from service.config import Settings
@@ -17,6 +18,7 @@ SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 CREDENTIALS = web.AppKey("credentials", CredentialStore)
 CURSORS = web.AppKey("cursors", CursorSigner)
+LIST_QUERY = web.AppKey("list_query", ListQuerySchema)  # checks cursors with CURSORS
 GAUGES = web.AppKey("gauges", DatabaseGauges)
 ANSWERS = web.AppKey("answers", Answers)  # stored Idempotency-Key answers
 WAKER = web.AppKey("waker", Waker)  # wakes the relays after this process's commits

@@ -10,17 +10,30 @@ from __future__ import annotations
 import importlib.resources
 import math
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates
+from marshmallow import (
+    EXCLUDE,
+    INCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    missing,
+    validate,
+    validates,
+)
+from multidict import MultiMapping
 
+from service.api.pagination import BadCursor, CursorSigner, Position
 from service.domain import api_keys
 from service.domain.customer import (
     ALERT_FREQUENCIES,
     CUSTOMER_ID,
     STATUSES,
 )
+from service.error_codes import ErrorCode
 
 _PHONE = re.compile(r"[0-9+ .()\-]+")
 # The zone names of the tz database as shipped by the tzdata package, not whatever the
@@ -258,3 +271,137 @@ class RotatedKeySchema(Schema):
 
 
 VERIFY_REQUEST = VerifyRequestSchema()
+
+
+# --- answer shapes the handlers build by hand (documented in the OpenAPI document) -----
+
+
+class ErrorSchema(Schema):
+    class Meta:
+        unknown = INCLUDE  # the contract's `{"error", "message", ...more}`
+
+    error = fields.String(required=True, validate=validate.OneOf([c.value for c in ErrorCode]))
+    message = fields.String(required=True, metadata={"description": "Human text."})
+    details = fields.Dict(
+        keys=fields.String(),
+        values=fields.List(fields.String()),
+        metadata={"description": "VALIDATION_ERROR: dotted field path -> messages."},
+    )
+    customerId = fields.String(metadata={"description": "CUSTOMER_EXISTS, CUSTOMER_NOT_FOUND."})
+    requestId = fields.String(metadata={"description": "INTERNAL_ERROR: the X-Request-Id."})
+
+
+class CustomerListSchema(Schema):
+    customers = fields.List(fields.Nested(CustomerSchema), required=True)
+    nextCursor = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "Pass as `cursor` for the next page; null on the last."},
+    )
+
+
+class HealthSchema(Schema):
+    status = fields.String(required=True, validate=validate.OneOf(["ok"]))
+
+
+class RelaysSchema(Schema):
+    live = fields.Integer(required=True, metadata={"description": "Relays running anywhere."})
+    lanesHeld = fields.Integer(required=True, metadata={"description": "Lanes they hold."})
+    lanes = fields.Integer(required=True, metadata={"description": "Lanes in all."})
+
+
+class ReadinessSchema(Schema):
+    class Meta:
+        unknown = INCLUDE
+
+    status = fields.String(required=True, validate=validate.OneOf(["ready"]))
+    database = fields.String()
+    relays = fields.Nested(
+        RelaysSchema,
+        metadata={"description": "What PostgreSQL's lock table says of the outbox relays."},
+    )
+
+
+# --- the list's query (contract section 5) --------------------------------------------
+
+_LIMIT_RULE = "Must be a whole number from 1 to 100."
+
+
+class _OnceOnly:
+    """A query parameter's field. It receives every value the parameter was given; the
+    first one's own error comes first, then "Given more than once." for a repeat."""
+
+    def deserialize(self, value: Any, attr: str | None = None, data: Any = None, **kw: Any) -> Any:
+        values = value if isinstance(value, list) else [value]
+        result = super().deserialize(values[0], attr, data, **kw)  # type: ignore[misc]
+        if len(values) > 1:
+            raise ValidationError("Given more than once.")
+        return result
+
+
+class QueryInteger(_OnceOnly, fields.Integer):
+    """Digits only: "+5", " 5" and "5.0" are no whole numbers here."""
+
+    default_error_messages = {"invalid": _LIMIT_RULE}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if not (isinstance(value, str) and value.isascii() and value.isdigit()):
+            raise self.make_error("invalid")
+        try:
+            return int(value)
+        except ValueError:  # more digits than Python converts: no whole number from 1 to 100
+            raise self.make_error("invalid") from None
+
+
+class QueryString(_OnceOnly, fields.String):
+    pass
+
+
+class Cursor(QueryString):
+    """Decoded into a Position, under the status filter of the same query: a cursor is
+    only checked when that filter is valid (else the filter's error says enough)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        query = self.parent
+        assert isinstance(query, ListQuerySchema) and query.cursors is not None
+        try:
+            status = query.fields["status"].deserialize(data.get("status", missing), "status")
+        except ValidationError:
+            return text  # the status's own error fails the load
+        try:
+            return query.cursors.decode(text, None if status is missing else status)
+        except BadCursor as exc:
+            raise ValidationError(str(exc)) from None
+
+
+class ListQuerySchema(Schema):
+    """GET /xcloud/v1/customers?limit&cursor&status: unknown or repeated parameters are
+    refused. Loads `{name: [values]}` (see `load_list_query`)."""
+
+    error_messages = {"unknown": "Unknown parameter."}
+
+    limit = QueryInteger(load_default=50, validate=validate.Range(1, 100, error=_LIMIT_RULE))
+    cursor = Cursor(
+        metadata={
+            "description": "Opaque: the nextCursor of the previous page, with the same status."
+        }
+    )
+    status = QueryString(validate=validate.OneOf(STATUSES, error="Must be one of: {choices}."))
+
+    def __init__(self, cursors: CursorSigner | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cursors = cursors  # None: a schema for the OpenAPI document only
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    limit: int
+    status: str | None
+    after: Position | None
+
+
+def load_list_query(schema: ListQuerySchema, query: MultiMapping[str]) -> ListQuery:
+    """The list's parameters; ValidationError with the contract's details for bad ones."""
+    loaded = schema.load({name: query.getall(name) for name in query})
+    return ListQuery(loaded["limit"], loaded.get("status"), loaded.get("cursor"))

@@ -1,5 +1,5 @@
 """Who is calling: the request signature (signing.py, pure), the service secrets and
 their cache (credentials.py), the sealing of secrets at rest (secretbox.py).
 
-May import: db (the credentials table). Never imports api or usecases.
+May import: db (the credentials table), error_codes. Never imports api or usecases.
 """

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from multidict import MultiMapping
 
+from service.error_codes import ErrorCode
+
 SCHEME = "HMAC-SHA256"
 WINDOW_SECONDS = 300
 TIMESTAMP_HEADER = "X-XCloud-Timestamp"
@@ -31,9 +33,9 @@ _UNKNOWN_SERVICE_SECRET = secrets.token_bytes(32)
 
 
 class AuthError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
-        self.status = status
+        self.status = code.status
         self.code = code
         self.message = message
 
@@ -119,7 +121,7 @@ def sign_request(
 
 
 def _required() -> AuthError:
-    return AuthError(401, "AUTH_REQUIRED", "Missing or malformed authentication headers")
+    return AuthError(ErrorCode.AUTH_REQUIRED, "Missing or malformed authentication headers")
 
 
 # Every header the string to sign is made of (Content-Type included): each must come
@@ -152,7 +154,9 @@ def parse_headers(headers: MultiMapping[str], *, has_body: bool) -> SignedReques
 def check_fresh(req: SignedRequest, now: float) -> None:
     """Step 2: the timestamp within the window of the server's clock."""
     if abs(now - req.timestamp) > WINDOW_SECONDS:
-        raise AuthError(401, "STALE_REQUEST", "Request timestamp is outside the 300-second window")
+        raise AuthError(
+            ErrorCode.STALE_REQUEST, "Request timestamp is outside the 300-second window"
+        )
 
 
 def check_signature(
@@ -178,15 +182,15 @@ def check_signature(
     expected = signature(secret if secret is not None else _UNKNOWN_SERVICE_SECRET, to_sign)
     good = hmac.compare_digest(expected.encode("ascii"), req.signature.encode("ascii"))
     if secret is None or not good:
-        raise AuthError(401, "INVALID_SIGNATURE", "Unknown service or invalid signature")
+        raise AuthError(ErrorCode.INVALID_SIGNATURE, "Unknown service or invalid signature")
 
 
 def check_content_md5(req: SignedRequest, body: bytes) -> None:
     """Step 4: the body received is the body that was signed."""
     if (body or req.content_md5) and not hmac.compare_digest(content_md5(body), req.content_md5):
-        raise AuthError(400, "CONTENT_MD5_MISMATCH", "Content-MD5 does not match the body")
+        raise AuthError(ErrorCode.CONTENT_MD5_MISMATCH, "Content-MD5 does not match the body")
 
 
 def replayed() -> AuthError:
     """Step 5 happens in the database; this is its answer."""
-    return AuthError(401, "REPLAYED_REQUEST", "This nonce was already used")
+    return AuthError(ErrorCode.REPLAYED_REQUEST, "This nonce was already used")

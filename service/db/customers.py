@@ -14,10 +14,13 @@ import orjson
 from service.db import api_keys, idempotency_keys
 from service.db.connect import Connection
 from service.db.nonces import CLAIM_NONCE_SQL, Replayed
+from service.domain import events
 
 # One round trip for a registration: claim the request's nonce, insert the customer
 # unless its id exists (the primary key decides, under concurrency too), and insert its
 # keys and event only if the customer row was inserted. One statement is one transaction.
+# Event types are formatted in from domain/events.py (fixed names, no quote in them): the
+# statement text stays constant, so asyncpg prepares it once.
 _REGISTER_TEMPLATE = """
 WITH nonce AS ({nonce}),{prior}
 customer AS (
@@ -30,13 +33,14 @@ customer AS (
 keys AS ({keys}),
 event AS (
     INSERT INTO outbox (event_id, event_type, customer_id, lane, payload)
-    SELECT $9, 'CustomerRegistered', customer_id, $10, $11 FROM customer
+    SELECT $9, '{event_type}', customer_id, $10, $11 FROM customer
     RETURNING id
 ){answer}
 SELECT EXISTS (SELECT 1 FROM nonce) AS fresh_nonce, EXISTS (SELECT 1 FROM event) AS created
 {answer_columns}"""
 _KEYS_CTE = api_keys.INSERT_BOTH_SQL.format(created_at="$6", primary="$7", secondary="$8")
 _REGISTER_SQL = _REGISTER_TEMPLATE.format(
+    event_type=events.REGISTERED,
     nonce=CLAIM_NONCE_SQL,
     prior="",
     guard="EXISTS (SELECT 1 FROM nonce)",
@@ -51,6 +55,7 @@ _REGISTER_SQL = _REGISTER_TEMPLATE.format(
 # $16 409's body, $17 time to live.
 _CREATED = "EXISTS (SELECT 1 FROM customer)"
 _REGISTER_KEYED_SQL = _REGISTER_TEMPLATE.format(
+    event_type=events.REGISTERED,
     nonce="SELECT $1::text, $2::text",  # claimed already: only echoed
     prior=f"\nprior AS ({idempotency_keys.prior_sql('$1', '$12')}),",
     guard="NOT EXISTS (SELECT 1 FROM prior)",
@@ -207,14 +212,14 @@ async def existing(pool: asyncpg.Pool, customer_ids: list[str]) -> dict[str, asy
 
 # --- Updates -------------------------------------------------------------------------
 
-_UPDATE_SQL = """
+_UPDATE_SQL = f"""
 WITH updated AS (
     UPDATE customers SET status = $2, data = $3::jsonb, updated_at = $4, version = version + 1
     WHERE customer_id = $1
     RETURNING version
 )
 INSERT INTO outbox (event_id, event_type, customer_id, lane, payload)
-SELECT $5, 'CustomerUpdated', $1, $6, $7 FROM updated
+SELECT $5, '{events.UPDATED}', $1, $6, $7 FROM updated
 RETURNING (SELECT version FROM updated)
 """
 

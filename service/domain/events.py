@@ -1,4 +1,7 @@
-"""The CloudEvents 1.0 envelope of contract section 9, built once, at write time."""
+"""The CloudEvents 1.0 envelope of contract section 9, built once, at write time.
+
+The event types are defined here only; the SQL that writes outbox rows takes them from here.
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,6 @@
 (client.py), the customer commands of `xcloud` (customer_cli.py), the bulk importer
 (importer.py) and realistic fake customers (fake.py).
 
-May import: domain, auth.signing, api.idempotency (header names). The server never
+May import: domain, auth.signing, api (header names, schemas), exit_codes. The server never
 imports tools.
 """

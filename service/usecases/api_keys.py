@@ -21,9 +21,7 @@ class Rotated:
     rotated_at: str
 
 
-def rotate(
-    customer_id: str, slot: str
-) -> Callable[[Connection], Awaitable[Rotated | NotFound]]:
+def rotate(customer_id: str, slot: str) -> Callable[[Connection], Awaitable[Rotated | NotFound]]:
     """The unit of work's effects: a new key for `slot` under the customer's row lock
     (the old one stops matching in the same commit) and its CustomerApiKeyRotated event,
     which never carries a key."""

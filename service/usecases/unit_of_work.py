@@ -251,9 +251,7 @@ class UnitOfWork:
             return KeyInUse()
         return None
 
-    async def _store(
-        self, conn: Connection, key: str, request_hash: bytes, answer: Answer
-    ) -> None:
+    async def _store(self, conn: Connection, key: str, request_hash: bytes, answer: Answer) -> None:
         stored = await conn.fetchval(
             idempotency_keys.STORE_SQL,
             self.request.service_id,

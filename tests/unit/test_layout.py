@@ -9,15 +9,15 @@ import pathlib
 import pytest
 
 SERVICE = pathlib.Path(__file__).resolve().parents[2] / "service"
-TOP_LEVEL = {"config", "logs", "metrics", "cli", "server"}
+TOP_LEVEL = {"config", "logs", "metrics", "cli", "server", "error_codes", "exit_codes"}
 ALLOWED = {
     "domain": set(),
     "db": {"domain", "auth"},
-    "auth": {"db"},
+    "auth": {"db", "error_codes"},
     "usecases": {"domain", "db", "auth", "metrics"},
     "outbox": {"db", "domain", "config", "metrics", "server"},
-    "api": {"auth", "config", "db", "domain", "metrics", "outbox", "usecases"},
-    "tools": {"api", "auth", "domain"},
+    "api": {"auth", "config", "db", "domain", "error_codes", "metrics", "outbox", "usecases"},
+    "tools": {"api", "auth", "domain", "exit_codes"},
 }
 NO_THIRD_PARTY = {"domain": {"aiohttp", "asyncpg", "aiokafka"}, "usecases": {"aiohttp"}}
 

@@ -1,4 +1,10 @@
-"""The OpenAPI document against the contract, checked by hand: no server, no database.
+"""The OpenAPI document and the route table against the contract: no server, no database.
+
+The document is derived from the route table (service/api/routes.py) and the ErrorCode
+enum, so the answers each operation documents are stated here once more, from the
+contract, as the independent check of that derivation: a test that derived them from the
+table too could not fail. Which operations exist comes from the table: the document, the
+running app's router and this file's expectations must all name the same ones.
 
 openapi-spec-validator is not installed, so the structural rules that matter here
 (references resolve, operations are complete) are checked directly.
@@ -6,15 +12,28 @@ openapi-spec-validator is not installed, so the structural rules that matter her
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from marshmallow import ValidationError
+from multidict import MultiDict
 
-from service.api.openapi import ERROR_CODES, SECURITY_SCHEME, build_spec, documented_operations
+from service.api import handlers, schemas
+from service.api.app import create_app, create_ops_app
+from service.api.errors import ApiError, from_http_exception
+from service.api.openapi import SECURITY_SCHEME, build_spec, documented_operations
+from service.api.pagination import CursorSigner, Position
+from service.api.routes import API_PREFIX, BY_HANDLER, ROUTES, SERVED
+from service.config import Settings
+from service.domain.customer import STATUSES, utc_now
+from service.error_codes import ErrorCode
 from tests.helpers import example
+
+ERROR_CODES = {code.value for code in ErrorCode}
 
 CUSTOMERS = "/xcloud/v1/customers"
 ONE = "/xcloud/v1/customers/{customerId}"
@@ -215,8 +234,43 @@ def test_every_operation_is_well_formed(spec):
     assert len(operation_ids) == len(set(operation_ids))
 
 
-def test_the_documented_operations_are_the_contracts(spec):
-    assert documented_operations(spec) == set(EXPECTED)
+def test_the_documented_operations_are_the_tables_and_the_contracts(spec):
+    table = {(route.method, route.path) for route in ROUTES}
+    assert len(table) == len(ROUTES)  # no route twice
+    assert documented_operations(spec) == table
+    assert table == set(EXPECTED)
+    for route in ROUTES:
+        assert operation(spec, route.method, route.path)["operationId"] == route.name
+
+
+def served(app) -> set[tuple[str, str]]:
+    return {(r.method, r.resource.canonical) for r in app.router.routes() if r.method != "*"}
+
+
+SETTINGS = Settings(database_url="postgresql://nowhere/none", secret_key="k" * 40)
+
+
+def test_every_route_of_the_table_is_served_and_nothing_else():
+    table = {(route.method, route.path) for route in ROUTES}
+    assert served(create_app(SETTINGS)) == table
+    # XCLOUD_METRICS_PORT: the ops routes move to their own app, nothing else does.
+    ops = {(route.method, route.path) for route in ROUTES if route.ops}
+    assert ops == {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
+    api = create_app(dataclasses.replace(SETTINGS, metrics_port=9999))
+    assert served(api) == table - ops
+    assert served(create_ops_app(api)) == ops
+
+
+def test_the_auth_middleware_finds_every_route_by_its_handler():
+    assert len(BY_HANDLER) == len(ROUTES)  # one handler, one route
+    for route, served in SERVED:
+        assert BY_HANDLER[served] is route
+        # Contract section 2: every /xcloud/v1 route is signed, nothing else is.
+        assert route.signed == route.path.startswith(API_PREFIX + "/")
+        # The writes claim the nonce in their own statement; the middleware claims it for
+        # the reads, before they run.
+        assert route.write == (route.method in ("POST", "PUT")), route.name
+        assert not (route.write and not route.signed)
 
 
 def test_documented_operations_ignores_path_level_keys():
@@ -522,3 +576,121 @@ def test_the_representation(spec):
     }
     assert set(component(spec, "ApiKeys")["required"]) == {"primary", "secondary"}
     assert "apiKeys" not in customer["properties"]
+
+
+# --- the error codes ------------------------------------------------------------------
+
+
+def test_every_error_code_has_a_status_and_a_meaning():
+    for code in ErrorCode:
+        assert code.value == code.name and code.doc
+        assert 400 <= code.status < 600 or code is ErrorCode.HTTP_ERROR
+    assert ErrorCode("CUSTOMER_EXISTS") is ErrorCode.CUSTOMER_EXISTS
+
+
+def test_an_api_error_answers_with_its_codes_status():
+    error = ApiError(ErrorCode.CUSTOMER_EXISTS, "exists", customerId="FST-12345678-a")
+    response = error.response()
+    assert response.status == 409
+    assert json.loads(response.body) == {
+        "error": "CUSTOMER_EXISTS",
+        "message": "exists",
+        "customerId": "FST-12345678-a",
+    }
+
+
+def test_aiohttp_refusals_keep_their_status():
+    from aiohttp import web
+
+    assert (
+        from_http_exception(web.HTTPMethodNotAllowed("GET", ["PUT"])).code == "METHOD_NOT_ALLOWED"
+    )
+    teapot = from_http_exception(web.HTTPExpectationFailed())
+    assert (teapot.status, teapot.code) == (417, ErrorCode.HTTP_ERROR)
+
+
+def test_every_code_a_route_lists_is_documented_on_it(spec):
+    for route in ROUTES:
+        documented: set[str] = set()
+        for status, response in operation(spec, route.method, route.path)["responses"].items():
+            response = resolve(spec, response)
+            if int(status) >= 400 and "content" in response:
+                documented |= error_codes(spec, response)
+            elif int(status) >= 400:
+                documented |= {c for c in ERROR_CODES if c in response["description"]}
+        assert {code.value for code in route.errors} <= documented, route.name
+
+
+# --- the list's query: one schema validates it and documents it -------------------------
+
+SIGNER = CursorSigner("s" * 40)
+LIST_QUERY = schemas.ListQuerySchema(SIGNER)
+
+
+def list_query(*pairs: tuple[str, str]) -> schemas.ListQuery:
+    return schemas.load_list_query(LIST_QUERY, MultiDict(pairs))
+
+
+def list_query_details(*pairs: tuple[str, str]) -> dict[str, list[str]]:
+    with pytest.raises(ValidationError) as err:
+        list_query(*pairs)
+    return err.value.messages_dict
+
+
+def test_the_list_query_defaults_and_values():
+    assert list_query() == schemas.ListQuery(50, None, None)
+    position = Position(utc_now(), "FST-12345678-a")
+    cursor = SIGNER.encode(position, "ACTIVE")
+    loaded = list_query(("limit", "7"), ("status", "ACTIVE"), ("cursor", cursor))
+    assert loaded == schemas.ListQuery(7, "ACTIVE", position)
+    assert list_query(("limit", "100")).limit == 100
+    assert list_query(("limit", "001")).limit == 1
+
+
+WHOLE = ["Must be a whole number from 1 to 100."]
+UNFILTERED = SIGNER.encode(Position(utc_now(), "FST-12345678-a"), None)
+
+
+@pytest.mark.parametrize(
+    ("pairs", "details"),
+    [
+        ([("limit", "0")], {"limit": WHOLE}),
+        ([("limit", "101")], {"limit": WHOLE}),
+        ([("limit", "5.5")], {"limit": WHOLE}),
+        ([("limit", "+5")], {"limit": WHOLE}),
+        ([("limit", "\u0663")], {"limit": WHOLE}),  # a digit, but not ASCII
+        ([("limit", "9" * 5000)], {"limit": WHOLE}),  # more digits than int() takes
+        ([("status", "active")], {"status": [f"Must be one of: {', '.join(STATUSES)}."]}),
+        ([("sort", "name"), ("sort", "id")], {"sort": ["Unknown parameter."]}),
+        ([("limit", "5"), ("limit", "6")], {"limit": ["Given more than once."]}),
+        ([("limit", "0"), ("limit", "6")], {"limit": WHOLE}),  # the first value's error
+        ([("cursor", "")], {"cursor": ["Not a cursor this service issued."]}),
+        (
+            [("cursor", UNFILTERED), ("status", "ACTIVE")],
+            {"cursor": ["The cursor belongs to a list with another status filter."]},
+        ),
+        # A bad status filter: the cursor is not checked against it.
+        (
+            [("cursor", "x"), ("status", "no")],
+            {"status": [f"Must be one of: {', '.join(STATUSES)}."]},
+        ),
+        (
+            [("status", "ACTIVE"), ("status", "ACTIVE"), ("cursor", "x")],
+            {"status": ["Given more than once."]},
+        ),
+    ],
+)
+def test_the_list_query_refusals(pairs, details):
+    assert list_query_details(*pairs) == details
+
+
+def test_the_documented_list_parameters_are_the_schemas(spec):
+    documented = {
+        name for name, p in parameters(spec, "GET", CUSTOMERS).items() if p["in"] == "query"
+    }
+    assert documented == set(schemas.ListQuerySchema().fields)
+    assert parameters(spec, "GET", CUSTOMERS)["cursor"]["description"].startswith("Opaque")
+
+
+def test_only_the_list_reads_a_query():
+    assert [route.handler for route in ROUTES if route.query] == [handlers.list_customers]
