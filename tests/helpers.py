@@ -9,6 +9,8 @@ import socket
 import time
 from typing import Any
 
+SECRET_KEY = "test-secret-key-" + "k" * 32
+
 # The request body of ../shared/v1-customers-post.md, as it stands.
 DOC_EXAMPLE: dict[str, Any] = {
     "customerId": "FST-1536316721808-NewCustomer",

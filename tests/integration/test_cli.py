@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from service.auth.secretbox import SecretBox
-from tests.conftest import SECRET_KEY
+from tests.helpers import SECRET_KEY
 
 XCLOUD = [sys.executable, "-m", "service.cli"]
 

@@ -16,8 +16,7 @@ import pytest
 
 from service.domain.api_keys import key_hash
 from service.tools.client import XCloudClient
-from tests.conftest import SECRET_KEY
-from tests.helpers import DOC_EXAMPLE, free_port, row_counts, wait_healthy
+from tests.helpers import DOC_EXAMPLE, SECRET_KEY, free_port, row_counts, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 PATH = "/xcloud/v1/customers"

@@ -16,8 +16,7 @@ from service.auth.secretbox import SecretBox
 from service.db import credentials
 from service.tools.client import XCloudClient
 from service.usecases import unit_of_work
-from tests.conftest import SECRET_KEY
-from tests.helpers import DOC_EXAMPLE, example, row_counts
+from tests.helpers import DOC_EXAMPLE, SECRET_KEY, example, row_counts
 
 PATH = "/xcloud/v1/customers"
 ONE = f"{PATH}/{DOC_EXAMPLE['customerId']}"

@@ -18,8 +18,7 @@ import aiohttp
 import pytest
 
 from service.tools.client import XCloudClient, make_customer_id
-from tests.conftest import SECRET_KEY
-from tests.helpers import example, free_port, signed_json, wait_healthy
+from tests.helpers import SECRET_KEY, example, free_port, signed_json, wait_healthy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BASE = "/xcloud/v1/customers"

@@ -20,8 +20,7 @@ from service.domain import customer
 from service.outbox import relay
 from service.tools.client import XCloudClient, make_customer_id
 from tests import services as test_services
-from tests.conftest import SECRET_KEY
-from tests.helpers import DOC_EXAMPLE, example
+from tests.helpers import DOC_EXAMPLE, SECRET_KEY, example
 from tests.kafka import by_subject, first_occurrences, read_topic, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -8,8 +8,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from service.tools.client import make_customer_id
-from tests.conftest import SECRET_KEY
-from tests.helpers import DOC_EXAMPLE, example
+from tests.helpers import DOC_EXAMPLE, SECRET_KEY, example
 
 PATH = "/xcloud/v1/customers"
 

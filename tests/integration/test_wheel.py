@@ -18,8 +18,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.conftest import SECRET_KEY
-from tests.helpers import example, free_port, signed_json, wait_healthy
+from tests.helpers import SECRET_KEY, example, free_port, signed_json, wait_healthy
 from tests.kafka import read_topic
 
 ROOT = Path(__file__).resolve().parents[2]
