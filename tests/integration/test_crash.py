@@ -7,18 +7,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import pytest
 
 from service.domain.api_keys import key_hash
 from service.tools.client import XCloudClient
-from tests.helpers import DOC_EXAMPLE, SECRET_KEY, free_port, row_counts, wait_healthy
+from tests.helpers import DOC_EXAMPLE, SECRET_KEY, free_port, row_counts, spawn_xcloud, wait_healthy
 
-ROOT = Path(__file__).resolve().parents[2]
 PATH = "/xcloud/v1/customers"
 
 
@@ -40,9 +37,12 @@ async def serve(settings, tmp_path) -> AsyncIterator:
             env["XCLOUD_TEST_KILL"] = kill
             module = "tests.integration.crash_serve"
         with open(tmp_path / f"serve-{port}.log", "w") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", module, "serve", "--workers", "1", "--no-relay"],
-                cwd=ROOT,
+            proc = spawn_xcloud(
+                "serve",
+                "--workers",
+                "1",
+                "--no-relay",
+                module=module,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,9 +17,8 @@ import aiohttp
 import pytest
 
 from service.tools.client import XCloudClient, make_customer_id
-from tests.helpers import SECRET_KEY, example, free_port, signed_json, wait_healthy
+from tests.helpers import SECRET_KEY, example, free_port, signed_json, spawn_xcloud, wait_healthy
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BASE = "/xcloud/v1/customers"
 
 
@@ -66,9 +64,9 @@ async def start_server(settings, tmp_path) -> AsyncIterator:
             "XCLOUD_PORT": str(port),
         }
         with open(log_path, "w") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "serve", *args],
-                cwd=ROOT,
+            proc = spawn_xcloud(
+                "serve",
+                *args,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -390,9 +388,11 @@ async def test_serve_waits_for_a_database_that_is_not_up_yet(settings, tmp_path)
         "XCLOUD_SECRET_KEY": SECRET_KEY,
         "XCLOUD_PORT": str(port),
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--workers", "1", "--no-relay"],
-        cwd=ROOT,
+    proc = spawn_xcloud(
+        "serve",
+        "--workers",
+        "1",
+        "--no-relay",
         env=env,
         stderr=subprocess.PIPE,
         text=True,

@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -20,7 +19,7 @@ from service.domain import customer
 from service.outbox import relay
 from service.tools.client import XCloudClient, make_customer_id
 from tests import services as test_services
-from tests.helpers import DOC_EXAMPLE, SECRET_KEY, example
+from tests.helpers import DOC_EXAMPLE, SECRET_KEY, example, spawn_xcloud
 from tests.kafka import by_subject, first_occurrences, read_topic, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -88,9 +87,8 @@ def relay_process(s, **env_extra) -> subprocess.Popen:
         "XCLOUD_TOPIC": s.topic,
         **env_extra,
     }
-    return subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "relay"],
-        cwd=ROOT,
+    return spawn_xcloud(
+        "relay",
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -10,59 +10,21 @@ import asyncio
 import copy
 import csv
 import json
-import os
-import sys
+import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from service.tools.client import XCloudClient
-from tests.helpers import example, row_counts
-
-XCLOUD = [sys.executable, "-m", "service.cli"]
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class Run:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def last_error_line(self) -> str:
-        return self.stderr.strip().splitlines()[-1]
-
-
-def base_env() -> dict[str, str]:
-    return {
-        k: v for k, v in os.environ.items() if not k.startswith(("XCLOUD_", "DATABASE_", "KAFKA_"))
-    }
-
-
-async def xcloud(*args: str, env: dict[str, str], stdin: str | None = None) -> Run:
-    proc = await asyncio.create_subprocess_exec(
-        *XCLOUD,
-        *args,
-        env=env,
-        cwd=ROOT,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(
-        proc.communicate(stdin.encode() if stdin is not None else None), timeout=120
-    )
-    return Run(proc.returncode, out.decode(), err.decode())
+from tests.helpers import clean_env, example, row_counts, spawn_xcloud, xcloud
 
 
 @pytest.fixture
 def env(api, credential) -> dict[str, str]:
     service_id, secret = credential
     return {
-        **base_env(),
+        **clean_env(),
         "XCLOUD_URL": str(api.make_url("")),
         "XCLOUD_SERVICE_ID": service_id,
         "XCLOUD_SECRET": secret,
@@ -265,22 +227,20 @@ async def test_an_import_killed_half_way_completes_on_the_next_run(env, tmp_path
     path = tmp_path / "customers.jsonl"
     path.write_text("\n".join(lines) + "\n")
 
-    proc = await asyncio.create_subprocess_exec(
-        *XCLOUD,
+    proc = spawn_xcloud(
         "import",
         str(path),
         env=env,
-        cwd=ROOT,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 60
     while await clean_db.fetchval("SELECT count(*) FROM customers") < 2000:
-        assert time.monotonic() < deadline and proc.returncode is None
+        assert time.monotonic() < deadline and proc.poll() is None
         await asyncio.sleep(0.05)
     proc.kill()
-    await proc.wait()
+    proc.wait()
     # Requests the server had already read still finish: wait for the count to settle.
     previous, done = -1, await clean_db.fetchval("SELECT count(*) FROM customers")
     while done != previous:
@@ -344,7 +304,7 @@ async def test_dry_run_validates_and_sends_nothing(tmp_path, clean_db):
     path = tmp_path / "customers.jsonl"
     path.write_text(f"{good}\n\n{json.dumps(example(status='GONE'))}\n{good}\n")
 
-    run = await xcloud("import", str(path), "--dry-run", env=base_env())  # no credentials
+    run = await xcloud("import", str(path), "--dry-run", env=clean_env())  # no credentials
 
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "valid 1, invalid 2 (dry run: nothing sent)"

@@ -8,8 +8,8 @@ import json
 import os
 import stat
 
-from tests.helpers import example
-from tests.integration.test_tools import env, fake_lines, xcloud  # noqa: F401 - fixture
+from tests.helpers import example, xcloud
+from tests.integration.test_tools import env, fake_lines  # noqa: F401 - fixture
 
 KEYS_HEADER = ["customerId", "primaryApiKey", "secondaryApiKey"]
 
