@@ -4,6 +4,9 @@ stopped at the end of the session), the app, a credential, a client."""
 from __future__ import annotations
 
 import dataclasses
+import io
+import json
+import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urlsplit, urlunsplit
@@ -13,7 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from service import config
+from service import config, logs
 from service.api import httpserver
 from service.api.app import create_app
 from service.auth.secretbox import SecretBox
@@ -130,3 +133,35 @@ async def proxied_api(aiohttp_client, settings, credential):
     yield proxy, xc
     await xc.close()
     await proxy.cut()
+
+
+class ServiceLog:
+    """What the service's own log handler wrote: the JSON lines `xcloud serve` puts on stderr,
+    `extra` fields included."""
+
+    def __init__(self) -> None:
+        self.stream = io.StringIO()
+
+    @property
+    def text(self) -> str:
+        return self.stream.getvalue()
+
+    def records(self) -> list[dict]:
+        return [json.loads(line) for line in self.text.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def service_log() -> Iterator[ServiceLog]:
+    """The service's logging set up as `xcloud serve` sets it up (service.logs.setup), at DEBUG
+    so that nothing the service could write is left out, into a buffer the test can search."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, logging.getLogger("aiokafka").level)
+    captured = ServiceLog()
+    logs.setup(logging.DEBUG)
+    (handler,) = root.handlers
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(captured.stream)
+    yield captured
+    root.handlers[:], level, kafka_level = saved
+    root.setLevel(level)
+    logging.getLogger("aiokafka").setLevel(kafka_level)
