@@ -14,7 +14,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hypothesis import HealthCheck, settings
+from hypothesis.configuration import set_hypothesis_home_dir
+
 ROOT = Path(__file__).resolve().parent.parent
+
+# Hypothesis keeps caches (not examples: database=None) under .hypothesis/ of the working
+# directory; keep them with the project's other caches, which git ignores.
+set_hypothesis_home_dir(ROOT / ".cache" / "hypothesis")
+
+# The property tests' settings: derandomised and without an example database, so a run is
+# the same everywhere.
+PROPERTY = settings(
+    database=None,
+    derandomize=True,
+    deadline=None,
+    max_examples=100,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 SECRET_KEY = "test-secret-key-" + "k" * 32
 

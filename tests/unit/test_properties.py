@@ -12,32 +12,18 @@ import re
 import string
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.configuration import set_hypothesis_home_dir
 from marshmallow import ValidationError
 from multidict import CIMultiDict
 
 from service.api import schemas
 from service.auth import signing
 from service.domain import customer
-from tests.helpers import example
-
-# Hypothesis keeps caches (not examples: database=None) under .hypothesis/ of the working
-# directory; keep them with the project's other caches, which git ignores.
-set_hypothesis_home_dir(Path(__file__).resolve().parents[2] / ".cache" / "hypothesis")
-
-PROPERTY = settings(
-    database=None,
-    derandomize=True,
-    deadline=None,
-    max_examples=100,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+from tests.helpers import PROPERTY, example
 
 # --- signer and verifier (contract section 2) -----------------------------------------
 
