@@ -4,13 +4,17 @@ settle rules are unit-tested without a broker (tests/unit/test_relay_pipeline.py
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.outbox.producer import Failure, classify
+from aiokafka.errors import KafkaError
+
+from service.outbox.producer import PER_RECORD, Failure, classify
 
 Row = Mapping[str, Any]  # an outbox row: id, customer_id, payload
+# Queue one row with the producer; the future resolves on the broker's acknowledgement.
+Send = Callable[[Row], Awaitable["asyncio.Future[Any]"]]
 
 
 @dataclass
@@ -28,6 +32,23 @@ class Flight:
         come; retrieve their outcome so that none is reported as never retrieved."""
         for _, future in self.sent:
             future.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
+async def queue(rows: Sequence[Row], send: Send) -> Flight:
+    """Hand rows to the producer (`send`) in id order; the acknowledgements come later."""
+    flight = Flight(ids=[row["id"] for row in rows])
+    for row in rows:
+        try:
+            future = await send(row)
+        except PER_RECORD as exc:
+            flight.dead.append((row["id"], exc))
+            continue
+        except KafkaError as exc:
+            # Stop here: later rows may be this customer's later events.
+            flight.refused = exc
+            break
+        flight.sent.append((row, future))
+    return flight
 
 
 @dataclass
