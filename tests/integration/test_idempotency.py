@@ -223,7 +223,7 @@ async def test_twenty_at_once_one_customer_one_event_same_answer(xc, clean_db):
 
 async def test_keys_are_per_service(api, xc, clean_db, settings):
     # Added before the first request: a credential created later is known to a running
-    # process only after its next refresh (up to 1 s; test_credential_cache.py).
+    # process only after its next refresh (up to 1 s; test_auth.py, the credential cache).
     async with clean_db.acquire() as conn:
         other_secret = await credentials.add(conn, SecretBox(settings.secret_key), "other-service")
     assert (await send(xc, "POST", PATH, DOC_EXAMPLE, key="shared")).status == 201

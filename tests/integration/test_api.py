@@ -1,4 +1,4 @@
-"""Schemathesis against the running app: every answer documented, never a 5xx.
+"""The whole API against its OpenAPI document (schemathesis): every answer documented, never a 5xx.
 
 The real app (real PostgreSQL) listens on loopback in a thread of its own, because
 schemathesis' pytest integration is synchronous: the cases are sent with `requests`
