@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import string
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -161,7 +162,8 @@ def test_the_timestamp_is_signed_as_sent():
 
 
 PRINTABLE = st.characters(min_codepoint=0x21, max_codepoint=0x7E)
-methods = st.from_regex(r"[A-Z]{1,10}", fullmatch=True)
+# st.text over an alphabet, not st.from_regex: the same strings, generated several times faster.
+methods = st.text(st.sampled_from(string.ascii_uppercase), min_size=1, max_size=10)
 # The path and query exactly as sent: printable ASCII, percent-encoding left as it is.
 paths = st.text(PRINTABLE.filter(lambda c: c not in "?#"), max_size=60).map(lambda p: "/" + p)
 queries = st.text(PRINTABLE.filter(lambda c: c != "#"), max_size=60)
@@ -174,10 +176,13 @@ content_types = st.one_of(
         str.strip
     ),
 )
-service_ids = st.from_regex(r"[A-Za-z0-9._-]{1,64}", fullmatch=True)
+_ID_CHARS = st.sampled_from(string.ascii_letters + string.digits + "._-")
+service_ids = st.text(_ID_CHARS, min_size=1, max_size=64)
 secret_texts = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=64)
 timestamps = st.integers(min_value=0, max_value=10**12 - 1)
-nonces = st.from_regex(r"[A-Za-z0-9_-]{16,64}", fullmatch=True)
+nonces = st.text(
+    st.sampled_from(string.ascii_letters + string.digits + "_-"), min_size=16, max_size=64
+)
 
 
 @dataclass(frozen=True)
