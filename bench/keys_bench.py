@@ -158,7 +158,7 @@ async def main() -> int:
         await pool.close()
     for line in lines(out):
         print(line)
-    return 0
+    return run.flagged_runs()
 
 
 if __name__ == "__main__":

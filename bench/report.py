@@ -12,6 +12,16 @@ ROOT = Path(__file__).resolve().parent.parent
 README_START = "<!-- bench:start -->"
 README_END = "<!-- bench:end -->"
 
+# Load runs that had failed requests (transport errors or non-2xx answers), as
+# "mode c=N: what failed". The load generator counts only 2xx answers as throughput (and in
+# the latency); a run with any failure is flagged here, in the report, and the bench exits 1.
+# Here, not in run.py: run.py runs as __main__, and bench.run would be a second copy.
+FLAGGED: list[str] = []
+
+
+def flag(note: str) -> None:
+    FLAGGED.append(note)
+
 
 def _f(x: float, digits: int = 0) -> str:
     return f"{x:,.{digits}f}"
@@ -32,6 +42,15 @@ def markdown(r: Any) -> str:
         f"**relay/raw ratio: {r.relay_ratio():.2f}** · "
         f"service/pgbench on the service's exact SQL: {r.service_ratio():.2f}",
         "",
+        *(
+            [
+                "**FLAGGED: load runs with failed requests (only 2xx answers are counted):** "
+                + "; ".join(r.flagged),
+                "",
+            ]
+            if getattr(r, "flagged", None)
+            else []
+        ),
         "PostgreSQL's limit, pgbench on the minimal registration transaction (nonce, "
         "customer, outbox row; one statement; no trigger): "
         + ", ".join(f"c={p['concurrency']}: {_f(p['tps'])} tx/s" for p in r.limit)

@@ -189,7 +189,14 @@ def loadgen(
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     result = json.loads(out)
     if result["errors"]:
-        log(f"{result['errors']} failed requests of {result['requests']}: {result['statuses']}")
+        note = (
+            f"{mode} c={concurrency}: {result['errors']} failed requests"
+            f" ({result['requests']} answered, {result['ok']} 2xx): {result['statuses']}"
+        )
+        log(f"FLAGGED {note}")
+        from bench.report import flag
+
+        flag(note)
     return result
 
 
@@ -381,6 +388,7 @@ class Report:
     latency: dict[str, Any] = field(default_factory=dict)
     growth: list[dict[str, Any]] = field(default_factory=list)
     relay_growth: dict[str, float] = field(default_factory=dict)
+    flagged: list[str] = field(default_factory=list)  # load runs with failed requests
 
     def service_ratio(self) -> float:
         """Against pgbench on the service's exact SQL (the figure before issue 16)."""
@@ -567,7 +575,7 @@ async def main() -> int:
 
     if args.only == "debezium":
         await debezium_compare.compare(quick)
-        return 0
+        return flagged_runs()
     urls = test_services.local_services("xcloud_bench")
     build_loadgen()
     secret = await test_services.fresh_database(urls, SECRET_KEY, SERVICE_ID)
@@ -611,8 +619,9 @@ async def main() -> int:
     finally:
         await pool.close()
 
-    from bench.report import write
+    from bench.report import FLAGGED, write
 
+    report.flagged = list(FLAGGED)
     write(report, RESULTS)
     print(f"service/limit ratio: {report.limit_ratio():.2f}")
     print(f"relay-inside ratio: {report.relay_inside_ratio():.2f}")
@@ -620,7 +629,16 @@ async def main() -> int:
     print(f"relay/raw ratio: {report.relay_ratio():.2f}")
     print("\n".join(keys_bench.lines(keys)))
     await debezium_compare.compare(quick)  # prints the relay/debezium lines
-    return 0
+    return flagged_runs()
+
+
+def flagged_runs() -> int:
+    """1 (and each run said) when any load run had failed requests: its figures are suspect."""
+    from bench.report import FLAGGED
+
+    for note in FLAGGED:
+        print(f"FLAGGED load run with errors: {note}")
+    return 1 if FLAGGED else 0
 
 
 if __name__ == "__main__":

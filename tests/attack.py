@@ -32,7 +32,7 @@ import asyncpg
 
 from service.auth import signing
 from service.tools.client import XCloudClient
-from tests.helpers import DOC_EXAMPLE, free_port, wait_healthy
+from tests.helpers import DOC_EXAMPLE, free_port, spawn_xcloud, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "reliability.md"
@@ -71,8 +71,11 @@ class Server:
         if self.metrics_port is not None:
             env["XCLOUD_METRICS_PORT"] = str(self.metrics_port)
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--workers", "1", "--no-relay"],
+        self.proc = spawn_xcloud(
+            "serve",
+            "--workers",
+            "1",
+            "--no-relay",
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

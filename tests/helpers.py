@@ -5,9 +5,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import os
 import socket
+import subprocess
+import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from hypothesis import HealthCheck, settings
+from hypothesis.configuration import set_hypothesis_home_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Hypothesis keeps caches (not examples: database=None) under .hypothesis/ of the working
+# directory; keep them with the project's other caches, which git ignores.
+set_hypothesis_home_dir(ROOT / ".cache" / "hypothesis")
+
+# The property tests' settings: derandomised and without an example database, so a run is
+# the same everywhere.
+PROPERTY = settings(
+    database=None,
+    derandomize=True,
+    deadline=None,
+    max_examples=100,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+SECRET_KEY = "test-secret-key-" + "k" * 32
 
 # The request body of ../shared/v1-customers-post.md, as it stands.
 DOC_EXAMPLE: dict[str, Any] = {
@@ -134,3 +160,87 @@ def signed_json(
         body=body,
         content_type="application/json",
     )
+
+
+# --- `xcloud` as a subprocess ------------------------------------------------------
+# Every test that runs the CLI launches it through these, the way a user runs it:
+# `python -m service.cli ARGS` from the repository root, with the environment given.
+
+
+def xcloud_argv(*args: str, python: str = sys.executable, module: str = "service.cli") -> list[str]:
+    """The command line of `xcloud ARGS` (`module` lets a test wrap the CLI, `python` lets it
+    use another virtualenv's interpreter)."""
+    return [python, "-m", module, *args]
+
+
+def clean_env(**env: str) -> dict[str, str]:
+    """This process's environment without the service's own variables, plus `env`: a CLI run
+    sees only what its test gives it."""
+    base = {
+        k: v for k, v in os.environ.items() if not k.startswith(("XCLOUD_", "DATABASE_", "KAFKA_"))
+    }
+    return {**base, **env}
+
+
+def spawn_xcloud(
+    *args: str,
+    env: dict[str, str],
+    python: str = sys.executable,
+    module: str = "service.cli",
+    cwd: str | Path = ROOT,
+    **popen: Any,
+) -> subprocess.Popen:
+    """`xcloud ARGS` started in the background (serve, relay); `popen` is passed to Popen."""
+    return subprocess.Popen(
+        xcloud_argv(*args, python=python, module=module), cwd=cwd, env=env, **popen
+    )
+
+
+def run_xcloud(
+    *args: str,
+    env: dict[str, str],
+    python: str = sys.executable,
+    cwd: str | Path = ROOT,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
+    """`xcloud ARGS` run to its end, its output captured as text. Blocks the event loop: only
+    for commands that do not talk to an in-process test server (see `xcloud`)."""
+    return subprocess.run(
+        xcloud_argv(*args, python=python),
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@dataclass
+class CliRun:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def last_error_line(self) -> str:
+        return self.stderr.strip().splitlines()[-1]
+
+
+async def xcloud(
+    *args: str, env: dict[str, str], stdin: str | None = None, timeout: float = 120
+) -> CliRun:
+    """`xcloud ARGS` run to its end without blocking the event loop (the in-process test
+    server it talks to answers on this loop)."""
+    proc = await asyncio.create_subprocess_exec(
+        *xcloud_argv(*args),
+        env=env,
+        cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(
+        proc.communicate(stdin.encode() if stdin is not None else None), timeout=timeout
+    )
+    assert proc.returncode is not None
+    return CliRun(proc.returncode, out.decode(), err.decode())

@@ -121,6 +121,24 @@ async def _admin(base: str, *statements: str) -> None:
         await conn.close()
 
 
+def describe() -> str:
+    """Which services `resolve()` would use, without starting any (for the session header)."""
+    choice = os.environ.get("XCLOUD_TEST_SERVICES", "")
+    if choice == "testcontainers":
+        return "testcontainers"
+    if choice in ("", "env") and (found := _from_env()) is not None:
+        dsn = redact(found.database_url)
+        return f"environment variables: postgres {dsn}, kafka {found.kafka_bootstrap}"
+    if choice == "env":
+        return "environment variables (missing: DATABASE_URL, KAFKA_BOOTSTRAP_SERVERS)"
+    return "local processes of scripts/services.sh"
+
+
+def redact(dsn: str) -> str:
+    head, sep, tail = dsn.rpartition("@")
+    return f"postgresql://***@{tail}" if sep and ":" in head.split("//", 1)[-1] else dsn
+
+
 def resolve() -> Services:
     choice = os.environ.get("XCLOUD_TEST_SERVICES", "")
     if choice == "testcontainers":

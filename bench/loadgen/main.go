@@ -36,10 +36,11 @@ type result struct {
 	Mode        string         `json:"mode"`
 	Concurrency int            `json:"concurrency"`
 	Seconds     float64        `json:"seconds"`
-	Requests    int            `json:"requests"`
-	RPS         float64        `json:"rps"`
+	Requests    int            `json:"requests"` // answered, whatever the status
+	OK          int            `json:"ok"`       // 2xx answers: the only ones counted as throughput
+	RPS         float64        `json:"rps"`      // 2xx answers per second
 	Statuses    map[string]int `json:"statuses"`
-	Errors      int            `json:"errors"`
+	Errors      int            `json:"errors"` // transport errors + non-2xx answers
 	P50ms       float64        `json:"p50_ms"`
 	P99ms       float64        `json:"p99_ms"`
 	P999ms      float64        `json:"p999_ms"`
@@ -194,7 +195,9 @@ func main() {
 				}
 				io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
-				lat = append(lat, int64(time.Since(t0)))
+				if resp.StatusCode/100 == 2 { // a quick refusal must not flatter the latency
+					lat = append(lat, int64(time.Since(t0)))
+				}
 				local[strconv.Itoa(resp.StatusCode)]++
 			}
 			latencies[w] = lat
@@ -220,15 +223,18 @@ func main() {
 		i := int(p * float64(len(all)-1))
 		return float64(all[i]) / 1e6
 	}
-	bad := int(errors)
+	bad, ok, answered := int(errors), 0, 0
 	for code, n := range statuses {
-		if !strings.HasPrefix(code, "2") {
+		answered += n
+		if strings.HasPrefix(code, "2") {
+			ok += n
+		} else {
 			bad += n
 		}
 	}
 	out := result{
-		Mode: *mode, Concurrency: *conc, Seconds: elapsed, Requests: len(all),
-		RPS: float64(len(all)) / elapsed, Statuses: statuses, Errors: bad,
+		Mode: *mode, Concurrency: *conc, Seconds: elapsed, Requests: answered, OK: ok,
+		RPS: float64(ok) / elapsed, Statuses: statuses, Errors: bad,
 		P50ms: pct(0.50), P99ms: pct(0.99), P999ms: pct(0.999), MaxMs: pct(1.0),
 	}
 	json.NewEncoder(os.Stdout).Encode(out)

@@ -45,7 +45,7 @@ _TIMEZONES = frozenset(importlib.resources.files("tzdata").joinpath("zones").rea
 # Punycode or reserved "ab--" labels), an alphabetic top-level label, not a special-use
 # domain. Such an address skips email-validator's Unicode (UTS-46) and IDNA work, which
 # costs more than the rest of its checks; anything else goes through email-validator,
-# which alone may reject. tests/unit/test_properties.py checks the fast path never
+# which alone may reject. tests/unit/test_schemas.py checks the fast path never
 # accepts what email-validator rejects.
 _PLAIN_EMAIL = re.compile(
     r"(?=[^@]{1,64}@)[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"

@@ -4,13 +4,23 @@ settle rules are unit-tested without a broker (tests/unit/test_relay_pipeline.py
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from service.outbox.producer import Failure, classify
+from aiokafka.errors import KafkaError
 
-Row = Mapping[str, Any]  # an outbox row: id, customer_id, payload
+from service.outbox.producer import PER_RECORD, Failure, classify
+
+
+class Row(Protocol):
+    """An outbox row (id, customer_id, payload): an asyncpg Record, or a dict in tests."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+# Queue one row with the producer; the future resolves on the broker's acknowledgement.
+Send = Callable[[Row], Awaitable["asyncio.Future[Any]"]]
 
 
 @dataclass
@@ -28,6 +38,23 @@ class Flight:
         come; retrieve their outcome so that none is reported as never retrieved."""
         for _, future in self.sent:
             future.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
+async def queue(rows: Sequence[Row], send: Send) -> Flight:
+    """Hand rows to the producer (`send`) in id order; the acknowledgements come later."""
+    flight = Flight(ids=[row["id"] for row in rows])
+    for row in rows:
+        try:
+            future = await send(row)
+        except PER_RECORD as exc:
+            flight.dead.append((row["id"], exc))
+            continue
+        except KafkaError as exc:
+            # Stop here: later rows may be this customer's later events.
+            flight.refused = exc
+            break
+        flight.sent.append((row, future))
+    return flight
 
 
 @dataclass

@@ -14,7 +14,6 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import cast
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -27,7 +26,7 @@ from service.db import outbox as outbox_table
 from service.outbox import producer as kafka
 from service.outbox import retention
 from service.outbox.lanes import Lanes
-from service.outbox.pipeline import Flight, Row, settle
+from service.outbox.pipeline import Flight, queue, settle
 from service.outbox.producer import Failure
 from service.outbox.wakeup import NOTIFY_CHANNEL
 
@@ -339,23 +338,11 @@ class Relay:
 
     async def _send(self, rows: list[asyncpg.Record]) -> Flight:
         """Hand rows to the producer in id order; the acknowledgements come later."""
-        assert self._producer is not None
-        flight = Flight(ids=[row["id"] for row in rows])
-        for row in rows:
-            try:
-                future = await kafka.send(
-                    self._producer, self.config.topic, row["customer_id"], row["payload"]
-                )
-            except kafka.PER_RECORD as exc:
-                flight.dead.append((row["id"], exc))
-                continue
-            except KafkaError as exc:
-                # Stop here: later rows may be this customer's later events.
-                flight.refused = exc
-                break
-            # A Record reads like the read-only mapping the pipeline takes (row["id"]).
-            flight.sent.append((cast(Row, row), future))
-        return flight
+        producer, topic = self._producer, self.config.topic
+        assert producer is not None
+        return await queue(
+            rows, lambda row: kafka.send(producer, topic, row["customer_id"], row["payload"])
+        )
 
     async def _settle(self, flight: Flight) -> None:
         """Wait for the broker, then delete (or mark) what it acknowledged and

@@ -24,7 +24,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ import orjson
 from service.domain import customer
 from service.tools.client import XCloudClient, signing_session
 from tests import services as test_services
-from tests.helpers import example, free_port
+from tests.helpers import example, free_port, spawn_xcloud
 from tests.kafka import by_subject, first_occurrences, read_topic
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,9 +88,8 @@ class Cluster:
 
     def _spawn(self, name: str, *args: str, **env: str) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives with the process
-        return subprocess.Popen(
-            [sys.executable, "-m", "service.cli", *args],
-            cwd=ROOT,
+        return spawn_xcloud(
+            *args,
             env=self._env(**env),
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from service.auth.secretbox import SecretBox
-from tests.conftest import SECRET_KEY
-
-XCLOUD = [sys.executable, "-m", "service.cli"]
+from tests.helpers import SECRET_KEY, clean_env, run_xcloud
 
 
-def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    base = {
-        k: v for k, v in os.environ.items() if not k.startswith(("XCLOUD_", "DATABASE_", "KAFKA_"))
-    }
-    return subprocess.run(
-        XCLOUD + args, env={**base, **env}, capture_output=True, text=True, timeout=60
-    )
+def run(args: list[str], env: dict[str, str]):
+    return run_xcloud(*args, env=clean_env(**env))
 
 
 @pytest.fixture

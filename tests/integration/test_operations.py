@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,10 +17,16 @@ import aiohttp
 import pytest
 
 from service.tools.client import XCloudClient, make_customer_id
-from tests.conftest import SECRET_KEY
-from tests.helpers import example, free_port, signed_json, wait_healthy
+from tests.helpers import (
+    DOC_EXAMPLE,
+    SECRET_KEY,
+    example,
+    free_port,
+    signed_json,
+    spawn_xcloud,
+    wait_healthy,
+)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BASE = "/xcloud/v1/customers"
 
 
@@ -67,9 +72,9 @@ async def start_server(settings, tmp_path) -> AsyncIterator:
             "XCLOUD_PORT": str(port),
         }
         with open(log_path, "w") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "serve", *args],
-                cwd=ROOT,
+            proc = spawn_xcloud(
+                "serve",
+                *args,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -391,9 +396,11 @@ async def test_serve_waits_for_a_database_that_is_not_up_yet(settings, tmp_path)
         "XCLOUD_SECRET_KEY": SECRET_KEY,
         "XCLOUD_PORT": str(port),
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--workers", "1", "--no-relay"],
-        cwd=ROOT,
+    proc = spawn_xcloud(
+        "serve",
+        "--workers",
+        "1",
+        "--no-relay",
         env=env,
         stderr=subprocess.PIPE,
         text=True,
@@ -455,3 +462,28 @@ async def test_lanes_held_are_counted_from_the_database(api, settings, clean_db)
     finally:
         outbox_relay.stop()
         await task
+
+
+# --- the database going away ---------------------------------------------------------------
+# The database going away mid-flight: 503 with the contract's body, then recovery.
+
+
+async def test_database_down_is_503_and_recovers(proxied_api, clean_db):
+    proxy, xc = proxied_api
+    body = json.dumps(DOC_EXAMPLE).encode()
+    assert (await xc.request("POST", "/xcloud/v1/customers", body)).status == 201
+
+    await proxy.cut()
+    down = await xc.request(
+        "POST", "/xcloud/v1/customers", json.dumps(example(customerId="FST-12345678-Down")).encode()
+    )
+    assert down.status == 503
+    assert down.body["error"] == "SERVICE_UNAVAILABLE"
+    assert down.headers["X-Request-Id"]
+
+    await proxy.restore()
+    up = await xc.request(
+        "POST", "/xcloud/v1/customers", json.dumps(example(customerId="FST-12345678-Up")).encode()
+    )
+    assert up.status == 201, up.body
+    assert await clean_db.fetchval("SELECT count(*) FROM customers") == 2

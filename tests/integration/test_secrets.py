@@ -8,8 +8,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from service.tools.client import make_customer_id
-from tests.conftest import SECRET_KEY
-from tests.helpers import DOC_EXAMPLE, example
+from tests.helpers import DOC_EXAMPLE, SECRET_KEY, example
 
 PATH = "/xcloud/v1/customers"
 
@@ -24,7 +23,16 @@ def pg_dump() -> str:
     return "pg_dump"
 
 
-async def test_secrets_appear_nowhere(api, xc, credential, clean_db, settings, caplog):
+def access_lines(service_log, count: int) -> list[dict]:
+    """The access-log lines, after checking that they are there with their extra fields: the
+    search below really covers the INFO lines and what they carry."""
+    lines = [r for r in service_log.records() if r.get("logger") == "xcloud.access"]
+    assert len(lines) >= count, f"{len(lines)} access-log lines for {count} requests"
+    assert all({"request_id", "service_id", "route", "status"} <= line.keys() for line in lines)
+    return lines
+
+
+async def test_secrets_appear_nowhere(api, xc, credential, clean_db, settings, service_log):
     service_secret = credential[1]
     created = await xc.register_customer(DOC_EXAMPLE)
     api_keys = list(created["apiKeys"].values())
@@ -60,9 +68,11 @@ async def test_secrets_appear_nowhere(api, xc, credential, clean_db, settings, c
         "answers": json.dumps([a.body for a in answers] + [dict(a.headers) for a in answers]),
         "metrics": metrics,
         "events": "\n".join(events),
-        "logs": caplog.text,
+        "logs": service_log.text,
     }
     assert len(events) == 2  # registered + updated: events really were scanned
+    statuses = {line["status"] for line in access_lines(service_log, len(answers) + 2)}
+    assert {201, 400, 401, 404, 409} <= statuses, statuses
     for where, text in haystacks.items():
         for secret in [service_secret, SECRET_KEY, *api_keys, *hashes]:
             assert secret not in text, f"a secret in the {where}"
@@ -97,12 +107,9 @@ async def test_a_database_dump_holds_no_usable_secret(xc, credential, clean_db, 
 
 
 async def test_keys_appear_nowhere_across_idempotency_rotation_and_verify(
-    api, xc, clean_db, caplog
+    api, xc, clean_db, service_log
 ):
     """Section 12 and 13 paths: replays, conflicts, rotation, verification of every kind."""
-    import logging
-
-    caplog.set_level(logging.DEBUG)
     customer_id = DOC_EXAMPLE["customerId"]
     body = json.dumps(DOC_EXAMPLE).encode()
     key = {"Idempotency-Key": "secret-scan"}
@@ -144,8 +151,9 @@ async def test_keys_appear_nowhere_across_idempotency_rotation_and_verify(
         "errors": json.dumps([a.body for a in errors] + [dict(a.headers) for a in answers]),
         "metrics": metrics,
         "events": "\n".join(events),
-        "logs": caplog.text,
+        "logs": service_log.text,
     }
+    access_lines(service_log, len(answers) + 1)
     for where, text in haystacks.items():
         for secret in [*api_keys, *hash_texts]:
             assert secret not in text, f"a key or key hash in the {where}"

@@ -11,58 +11,22 @@ import copy
 import csv
 import json
 import os
-import sys
+import stat
+import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from service.tools.client import XCloudClient
-from tests.helpers import example, row_counts
-
-XCLOUD = [sys.executable, "-m", "service.cli"]
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class Run:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def last_error_line(self) -> str:
-        return self.stderr.strip().splitlines()[-1]
-
-
-def base_env() -> dict[str, str]:
-    return {
-        k: v for k, v in os.environ.items() if not k.startswith(("XCLOUD_", "DATABASE_", "KAFKA_"))
-    }
-
-
-async def xcloud(*args: str, env: dict[str, str], stdin: str | None = None) -> Run:
-    proc = await asyncio.create_subprocess_exec(
-        *XCLOUD,
-        *args,
-        env=env,
-        cwd=ROOT,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(
-        proc.communicate(stdin.encode() if stdin is not None else None), timeout=120
-    )
-    return Run(proc.returncode, out.decode(), err.decode())
+from tests.helpers import clean_env, example, row_counts, spawn_xcloud, xcloud
 
 
 @pytest.fixture
 def env(api, credential) -> dict[str, str]:
     service_id, secret = credential
     return {
-        **base_env(),
+        **clean_env(),
         "XCLOUD_URL": str(api.make_url("")),
         "XCLOUD_SERVICE_ID": service_id,
         "XCLOUD_SECRET": secret,
@@ -265,22 +229,20 @@ async def test_an_import_killed_half_way_completes_on_the_next_run(env, tmp_path
     path = tmp_path / "customers.jsonl"
     path.write_text("\n".join(lines) + "\n")
 
-    proc = await asyncio.create_subprocess_exec(
-        *XCLOUD,
+    proc = spawn_xcloud(
         "import",
         str(path),
         env=env,
-        cwd=ROOT,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 60
     while await clean_db.fetchval("SELECT count(*) FROM customers") < 2000:
-        assert time.monotonic() < deadline and proc.returncode is None
+        assert time.monotonic() < deadline and proc.poll() is None
         await asyncio.sleep(0.05)
     proc.kill()
-    await proc.wait()
+    proc.wait()
     # Requests the server had already read still finish: wait for the count to settle.
     previous, done = -1, await clean_db.fetchval("SELECT count(*) FROM customers")
     while done != previous:
@@ -344,10 +306,93 @@ async def test_dry_run_validates_and_sends_nothing(tmp_path, clean_db):
     path = tmp_path / "customers.jsonl"
     path.write_text(f"{good}\n\n{json.dumps(example(status='GONE'))}\n{good}\n")
 
-    run = await xcloud("import", str(path), "--dry-run", env=base_env())  # no credentials
+    run = await xcloud("import", str(path), "--dry-run", env=clean_env())  # no credentials
 
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "valid 1, invalid 2 (dry run: nothing sent)"
     outcomes = [(r["line"], r["outcome"]) for r in read_report(Path(f"{path}.report.csv"))]
     assert outcomes == [("1", "valid"), ("3", "invalid"), ("4", "invalid")]
     assert await row_counts(clean_db) == (0, 0)
+
+
+# --- keys: import --keys-out, customers rotate-key, keys verify (contract section 13) ------
+# `xcloud import --keys-out`, `xcloud customers rotate-key`, `xcloud keys verify`: real
+# subprocesses against the real server (contract section 13).
+
+
+KEYS_HEADER = ["customerId", "primaryApiKey", "secondaryApiKey"]
+
+
+async def test_import_hands_over_every_created_customers_keys(env, xc, tmp_path, clean_db):
+    lines = await fake_lines(30, 17, env)
+    existing = json.loads(lines[0])
+    await xc.register_customer(existing)
+    source = tmp_path / "customers.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    keys_path = tmp_path / "keys.csv"
+
+    run = await xcloud("import", str(source), "--keys-out", str(keys_path), env=env)
+    assert run.returncode == 0, run.stderr
+    assert stat.S_IMODE(os.stat(keys_path).st_mode) == 0o600
+    with keys_path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == KEYS_HEADER
+    assert len(rows) == 1 + 29  # the one that existed has no keys here
+    assert existing["customerId"] not in {r[0] for r in rows}
+    # Every key handed over really is that customer's.
+    for customer_id, primary, secondary in rows[1:6]:
+        assert (await xc.verify_api_key(primary)) == {
+            "customerId": customer_id,
+            "slot": "primary",
+            "status": json.loads(
+                lines[[json.loads(x)["customerId"] for x in lines].index(customer_id)]
+            )["status"],
+        }
+        assert (await xc.verify_api_key(secondary))["slot"] == "secondary"
+    for key in (rows[1][1], rows[1][2]):
+        assert key not in run.stdout + run.stderr  # keys only in the file
+
+    again = await xcloud("import", str(source), "--keys-out", str(keys_path), env=env)
+    assert again.returncode == 2
+    assert "never overwrites" in again.stderr
+    with keys_path.open(newline="") as f:
+        assert len(list(csv.reader(f))) == 30  # untouched
+    dry = await xcloud(
+        "import", str(source), "--dry-run", "--keys-out", str(tmp_path / "k2"), env=env
+    )
+    assert dry.returncode == 2
+    assert not (tmp_path / "k2").exists()
+
+
+async def test_an_import_that_creates_nothing_leaves_no_keys_file(env, tmp_path, clean_db):
+    source = tmp_path / "bad.jsonl"
+    source.write_text(json.dumps(example(status="nope")) + "\n")
+    keys_path = tmp_path / "keys.csv"
+    run = await xcloud("import", str(source), "--keys-out", str(keys_path), env=env)
+    assert run.returncode == 0, run.stderr
+    assert not keys_path.exists()
+
+
+async def test_rotate_key_and_verify_from_the_command_line(env, xc, clean_db):
+    body = example()
+    keys = (await xc.register_customer(body))["apiKeys"]
+    found = await xcloud("keys", "verify", "-", env=env, stdin=keys["secondary"] + "\n")
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout) == {
+        "customerId": body["customerId"],
+        "slot": "secondary",
+        "status": "ACTIVE",
+    }
+    rotated = await xcloud("customers", "rotate-key", body["customerId"], "secondary", env=env)
+    assert rotated.returncode == 0, rotated.stderr
+    new_key = json.loads(rotated.stdout)["apiKey"]
+    old = await xcloud("keys", "verify", keys["secondary"], env=env)
+    assert old.returncode == 1
+    assert old.last_error_line == "error: API_KEY_NOT_FOUND"
+    assert keys["secondary"] not in old.stderr
+    assert (await xcloud("keys", "verify", new_key, env=env)).returncode == 0
+    bad_slot = await xcloud("customers", "rotate-key", body["customerId"], "third", env=env)
+    assert bad_slot.returncode == 2
+    unknown = await xcloud("customers", "rotate-key", "FST-12345678-nobody", "primary", env=env)
+    assert unknown.returncode == 1
+    assert unknown.last_error_line == "error: CUSTOMER_NOT_FOUND"

@@ -18,8 +18,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.conftest import SECRET_KEY
-from tests.helpers import example, free_port, signed_json, wait_healthy
+from tests.helpers import SECRET_KEY, example, free_port, run_xcloud, signed_json, wait_healthy
 from tests.kafka import read_topic
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -168,17 +167,15 @@ def test_migrate_without_migration_files_exits_2(venv, tmp_path, services):
     broken = tmp_path / "broken"
     shutil.copytree(site / "service", broken / "service")
     shutil.rmtree(broken / "service" / "sql")
-    result = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "service.cli", "migrate"],
+    result = run_xcloud(
+        "migrate",
+        python=str(venv / "bin" / "python"),
         cwd=tmp_path,
         env=_clean_env(
             PYTHONPATH=str(broken),
             DATABASE_URL=services.database_url,
             XCLOUD_SECRET_KEY=SECRET_KEY,
         ),
-        capture_output=True,
-        text=True,
-        timeout=60,
     )
     assert result.returncode == 2, result.stderr
     assert "no migration files" in result.stderr

@@ -255,15 +255,49 @@ async def test_existence_checks_of_the_longest_ids_fit_an_8_kib_request_line():
     assert len(client.heads) == 3  # 92 + 92 + 66: as few as fit
 
 
+class GoneServer(StubClient):
+    """A server that goes away at the first refused connection: every later call is refused.
+    Notes any record whose first POST came after some record had used up its retries (the
+    moment the importer knows the server is gone)."""
+
+    def __init__(self, retries: int, **kw) -> None:
+        super().__init__(**kw)
+        self.gone = False
+        self.attempts_allowed = retries + 1
+        self.gave_up = False
+        self.started_after_giving_up: list[str] = []
+
+    async def register_customer(self, body, *, idempotency_key=None):
+        customer_id = body["customerId"]
+        if self.gave_up and customer_id not in self.keys_sent:
+            self.started_after_giving_up.append(customer_id)
+        try:
+            if self.gone:
+                self.keys_sent.setdefault(customer_id, []).append(idempotency_key)
+                await asyncio.sleep(0.001)
+                raise ConnectionRefusedError()
+            return await super().register_customer(body, idempotency_key=idempotency_key)
+        except ConnectionRefusedError:
+            self.gone = True
+            if len(self.keys_sent[customer_id]) == self.attempts_allowed:
+                self.gave_up = True
+            raise
+
+
 async def test_run_import_stops_sending_once_the_server_is_gone():
     records = [importer.Record(n + 1, f"C{n}", {"customerId": f"C{n}"}) for n in range(20)]
-    client = StubClient(failures={"C0": [ConnectionRefusedError() for _ in range(3)]})
-    report = importer.Report(io.StringIO())
+    client = GoneServer(FAST.retries, failures={"C0": [ConnectionRefusedError()]})
+    out = io.StringIO()
+    report = importer.Report(out)
 
     assert not await importer.run_import(records, client, report, FAST)
 
-    assert report.counts["failed"] >= 1 and sum(report.counts.values()) == 20
-    assert len(client.posted) < 20
+    # What was in flight when the server went may have landed; everything else failed.
+    assert report.counts == Counter(created=len(client.posted), failed=20 - len(client.posted))
+    assert client.gave_up and client.started_after_giving_up == []
+    # The rest were not even tried: reported as not sent, never POSTed.
+    not_sent = [row for row in out.getvalue().splitlines() if "not sent: server unreachable" in row]
+    assert len(not_sent) == 20 - len(client.keys_sent) > 0
 
 
 async def test_in_use_is_retried_with_the_same_key_and_keys_reach_on_created():

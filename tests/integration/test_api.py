@@ -1,4 +1,4 @@
-"""Schemathesis against the running app: every answer documented, never a 5xx.
+"""The whole API against its OpenAPI document (schemathesis): every answer documented, never a 5xx.
 
 The real app (real PostgreSQL) listens on loopback in a thread of its own, because
 schemathesis' pytest integration is synchronous: the cases are sent with `requests`
@@ -14,9 +14,12 @@ whatever schemathesis generated for the auth headers. The body is serialised her
 
 Passes:
 - signed: positive and negative cases (examples, coverage and fuzzing phases) for every
-  operation: no 5xx; status code, content type, headers and body as documented; and no
-  answer saying the signature or Content-MD5 was wrong (that would be a bug here or in
-  the server's verifier);
+  operation: no 5xx; status code, content type, headers and body as documented; valid
+  data accepted and invalid data rejected (schemathesis' positive_data_acceptance and
+  negative_data_rejection); and no answer saying the signature or Content-MD5 was wrong
+  (that would be a bug here or in the server's verifier). Customers are registered
+  before, and three in four well-formed generated ids are replaced by theirs, so GET,
+  PUT, HEAD and rotation reach their 200s, not only 404s; the last test checks they did;
 - unsigned (the generated auth headers, no signature), signed with a wrong secret, and
   signed 305 s in the past: every /xcloud/v1 answer is a documented 401 with
   WWW-Authenticate and the expected code, and the request claimed no nonce and wrote
@@ -31,6 +34,8 @@ import asyncio
 import json
 import threading
 import time
+import zlib
+from collections import Counter
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -43,7 +48,9 @@ from aiohttp import web
 from hypothesis.configuration import set_hypothesis_home_dir
 from schemathesis.checks import (
     content_type_conformance,
+    negative_data_rejection,
     not_a_server_error,
+    positive_data_acceptance,
     response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
@@ -55,6 +62,8 @@ from service.api.app import API_PREFIX, create_app
 from service.auth import signing
 from service.auth.secretbox import SecretBox
 from service.db import connect, credentials, migrate
+from service.domain import customer
+from tests.helpers import example
 
 # Hypothesis keeps caches (not examples: database=None) under .hypothesis/ of the working
 # directory; keep them with the project's other caches, which git ignores.
@@ -70,6 +79,17 @@ CHECKS = [
     response_schema_conformance,
 ]
 SEED = 20240101
+# Valid data must get one of these, the answers that depend on the state, not the data:
+# 404 a well-formed id nobody registered; 409 a customer that exists; 412 an If-Match that
+# does not match; 304 an If-None-Match that does; 422 an Idempotency-Key generated twice.
+ACCEPTED = ["2xx", "304", "404", "409", "412", "422"]
+# Invalid data must be refused, whatever the refusal (a replayed Idempotency-Key, say, is
+# answered before the body is read): never accepted, never a server error.
+REJECTED = ["4xx"]
+# Registered before the fuzzing; generated ids are mapped onto them (see _use_existing_ids).
+EXISTING = [f"FST-1700000000000-Fuzz{i}" for i in range(8)]
+# (method, path template, status) of every signed answer: the last test reads it.
+REACHED: Counter[tuple[str, str, int]] = Counter()
 
 
 def _config(*, max_examples: int, mode: str) -> schemathesis.Config:
@@ -81,6 +101,10 @@ def _config(*, max_examples: int, mode: str) -> schemathesis.Config:
                 "max-examples": max_examples,
                 "deterministic": True,
                 "database": "none",  # nothing written under .hypothesis/
+            },
+            "checks": {
+                "positive_data_acceptance": {"expected-statuses": ACCEPTED},
+                "negative_data_rejection": {"expected-statuses": REJECTED},
             },
         }
     )
@@ -131,6 +155,20 @@ class ThreadServer:
         await site.start()
         host, port = self._runner.addresses[0][:2]
         self.url = f"http://{host}:{port}"
+        await asyncio.to_thread(self._register_existing)
+
+    def _register_existing(self) -> None:
+        with requests.Session() as http:
+            for customer_id in EXISTING:
+                body = _json_bytes(example(customerId=customer_id))
+                answer = http.post(
+                    f"{self.url}{API_PREFIX}/customers",
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                    auth=HmacSigner(SERVICE_ID, self.secret),
+                    timeout=30,
+                )
+                assert answer.status_code == 201, answer.text
 
     async def _stop(self) -> None:
         if self._runner is not None:
@@ -241,18 +279,85 @@ signed = schemathesis.pytest.from_fixture("signed_schema").include(path_regex="^
 unsigned = schemathesis.pytest.from_fixture("unsigned_schema").include(path_regex=f"^{API_PREFIX}/")
 
 
+# Rules the document states in words only (a JSON Schema type cannot say "7 to 15 digits",
+# "an IANA zone name", "an address email-validator accepts", "a cursor this service issued
+# for this filter", "no NUL character", "not blank"): schema-valid data may break them,
+# and a 400 naming only these is the server applying them.
+RULES_IN_WORDS = {"contactInfo.phone", "businessInfo.timezone", "contactInfo.email", "cursor"}
+MESSAGES_IN_WORDS = {
+    "Must not contain NUL characters.",
+    "Must be valid Unicode text.",
+    "Must not be blank.",
+}
+
+
+def valid_data_accepted(
+    ctx: Any, response: schemathesis.Response, case: schemathesis.Case
+) -> bool | None:
+    """schemathesis' positive_data_acceptance, less the 400s of rules stated in words."""
+    if response.status_code == 400 and _error_code(response) == "VALIDATION_ERROR":
+        details = response.json().get("details") or {}
+        if details and all(
+            field in RULES_IN_WORDS or set(messages) <= MESSAGES_IN_WORDS
+            for field, messages in details.items()
+        ):
+            return None
+    return positive_data_acceptance(ctx, response, case)
+
+
+def _use_existing_ids(case: schemathesis.Case) -> None:
+    """Three in four well-formed ids in the path become ids of registered customers (picked
+    from the generated id, so runs repeat). Malformed ids stay: they are what a negative
+    case is about. A well-formed customerId in a PUT body follows the path's (the contract
+    requires them equal, a rule the schema cannot state)."""
+    params = case.path_parameters or {}
+    for name in ("customerId", "customerIds"):
+        value = params.get(name)
+        if not isinstance(value, str) or not value:
+            continue
+        ids = value.split(",")
+        pick = zlib.crc32(value.encode("utf-8", "surrogatepass"))
+        if pick % 4 and all(customer.is_customer_id(i) for i in ids):
+            params[name] = ",".join(EXISTING[(pick + n) % len(EXISTING)] for n in range(len(ids)))
+    body, path_id = case.body, params.get("customerId")
+    if (
+        case.method == "PUT"
+        and isinstance(body, dict)
+        and isinstance(path_id, str)
+        and isinstance(body.get("customerId"), str)
+        and customer.is_customer_id(body["customerId"])
+    ):
+        body["customerId"] = path_id
+
+
 @signed.parametrize()
 def test_signed_requests_get_documented_answers(
     case: schemathesis.Case, server: ThreadServer, http: requests.Session
 ) -> None:
+    _use_existing_ids(case)
     body = {} if isinstance(case.body, NotSet) else {"data": _json_bytes(case.body)}
+    if _is_api(case):
+        # HmacSigner replaces the auth headers with a signature: give the case valid ones
+        # already, so that schemathesis judges it (positive or negative) by what is sent.
+        case.headers = {
+            **(case.headers or {}),
+            **signing.sign_request(
+                service_id=SERVICE_ID,
+                secret=server.secret,
+                method=case.method,
+                path_and_query=case.formatted_path,
+                body=body.get("data") or None,
+                content_type="application/json" if body else "",
+            ),
+        }
     response = case.call_and_validate(
         base_url=server.url,
         session=http,
-        checks=CHECKS,
+        checks=[*CHECKS, valid_data_accepted, negative_data_rejection],
         auth=HmacSigner(SERVICE_ID, server.secret),
         **body,
     )
+    REACHED[case.method, case.path, response.status_code] += 1
     if _is_api(case):
         assert response.request.body == body.get("data"), "the body sent is not the body signed"
         # A signed request that fails authentication: the signing or the verifier is off.
@@ -315,3 +420,24 @@ def _customers_with_id(server: ThreadServer, customer_id: Any) -> int:
     return server.fetchval(
         "SELECT count(*) FROM customers WHERE customer_id = $1", str(customer_id)
     )
+
+
+def test_the_fuzzing_reached_the_success_paths() -> None:
+    """Runs after the signed pass above (file order): the 200s of reads and writes on
+    existing customers were really fuzzed, and so were the 404s and 400s."""
+    one = f"{API_PREFIX}/customers/{{customerId}}"
+    rotate = f"{one}/api-keys/{{slot}}"
+    assert REACHED, "the signed pass did not run first"
+    for wanted in [
+        ("POST", f"{API_PREFIX}/customers", 201),
+        ("GET", f"{API_PREFIX}/customers", 200),
+        ("GET", one, 200),
+        ("PUT", one, 200),
+        ("HEAD", one, 200),  # schemathesis names HEAD's path like GET's
+        ("POST", rotate, 200),
+        ("GET", one, 404),
+        ("PUT", one, 404),
+        ("PUT", one, 400),
+        ("POST", f"{API_PREFIX}/customers", 400),
+    ]:
+        assert REACHED[wanted] >= 3, (wanted, sorted(REACHED.items()))
