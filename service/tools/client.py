@@ -20,7 +20,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, NotRequired, TypedDict
+from typing import Any, TypedDict
 from urllib.parse import quote, urlencode
 
 import aiohttp
@@ -28,6 +28,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from service.api.idempotency import KEY_HEADER
+from service.api.routes import ROUTES, Route
 from service.auth.signing import sign_request
 from service.domain.customer import is_customer_id
 
@@ -36,49 +37,22 @@ class Endpoint(TypedDict):
     path: str
     verb: str
     md5: bool  # the body is signed with its Content-MD5
-    write: NotRequired[bool]  # sent with an Idempotency-Key
-    safe: NotRequired[bool]  # changes nothing, so retried as it is
+    write: bool  # sent with an Idempotency-Key
+    safe: bool  # changes nothing, so retried as it is
 
 
-ENDPOINTS: dict[str, Endpoint] = {
-    "register_customer": {
-        "path": "/xcloud/v1/customers",
-        "verb": "POST",
-        "md5": True,
-        "write": True,
-    },
-    "list_customers": {"path": "/xcloud/v1/customers", "verb": "GET", "md5": False, "safe": True},
-    "get_customer": {
-        "path": "/xcloud/v1/customers/{customerId}",
-        "verb": "GET",
-        "md5": False,
-        "safe": True,
-    },
-    "update_customer": {
-        "path": "/xcloud/v1/customers/{customerId}",
-        "verb": "PUT",
-        "md5": True,
-        "write": True,
-    },
-    "customers_exist": {
-        "path": "/xcloud/v1/customers/{customerIds}",
-        "verb": "HEAD",
-        "md5": False,
-        "safe": True,
-    },
-    "rotate_api_key": {
-        "path": "/xcloud/v1/customers/{customerId}/api-keys/{slot}",
-        "verb": "POST",
-        "md5": False,
-        "write": True,
-    },
-    "verify_api_key": {
-        "path": "/xcloud/v1/api-keys/verify",
-        "verb": "POST",
-        "md5": True,
-        "safe": True,
-    },
-}
+def _endpoint(route: Route) -> Endpoint:
+    return {
+        "path": route.path,
+        "verb": route.method,
+        "md5": route.body is not None,
+        "write": route.idempotent,
+        "safe": not route.idempotent,  # reads, and verify: nothing changes but the nonce
+    }
+
+
+# The signed routes of the route table, by operation name (register_customer ...).
+ENDPOINTS: dict[str, Endpoint] = {r.name: _endpoint(r) for r in ROUTES if r.signed}
 
 
 def make_customer_id(identifier: str, timestamp_ms: int | None = None) -> str:
@@ -277,9 +251,9 @@ class XCloudClient:
             path += "?" + urlencode({k: v for k, v in query.items() if v is not None})
         raw = json.dumps(body).encode("utf-8") if endpoint["md5"] and body is not None else None
         headers: dict[str, str] = {}
-        if endpoint.get("write") and (self.idempotency_keys or idempotency_key is not None):
+        if endpoint["write"] and (self.idempotency_keys or idempotency_key is not None):
             headers[KEY_HEADER] = idempotency_key or uuid.uuid4().hex
-        retries = self.retries if endpoint.get("safe") or headers else 0
+        retries = self.retries if endpoint["safe"] or headers else 0
         resp = await self._send(endpoint["verb"], path, raw, headers, retries)
         if resp.status >= 400:
             body_obj = resp.body if isinstance(resp.body, dict) else {}
@@ -349,6 +323,6 @@ class XCloudClient:
 
     async def missing_customers(self, customer_ids: list[str]) -> list[str]:
         """The ids of `customer_ids` (at most 100) that do not exist."""
-        resp = await self.call("customers_exist", customerIds=",".join(customer_ids))
+        resp = await self.call("customers_exist", customerId=",".join(customer_ids))
         missing = resp.headers.get("X-Missing-Customer-Ids", "")
         return missing.split(",") if resp.status == 404 and missing else []
