@@ -59,6 +59,20 @@ DOC_EXAMPLE: dict[str, Any] = {
     "settings": {"dataRetentionDays": 365, "alertFrequency": "immediate", "reportingEnabled": True},
     "status": "ACTIVE",
 }
+# A customer's keys as contract section 4 shows them, in its order.
+SECTION_4_KEYS = [
+    "customerId",
+    "customerName",
+    "description",
+    "contactInfo",
+    "businessInfo",
+    "settings",
+    "location",
+    "status",
+    "limits",
+    "createdAt",
+    "updatedAt",
+]
 
 
 def example(**changes: Any) -> dict[str, Any]:

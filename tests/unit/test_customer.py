@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 from service.domain import customer
-from tests.helpers import DOC_EXAMPLE
+from tests.helpers import DOC_EXAMPLE, SECTION_4_KEYS
 
 LIMITS = {"maxDevices": 100, "maxUsers": 50, "maxDataPoints": 1000000}
 CREATED = datetime(2024, 3, 4, 5, 6, 7, 890000, tzinfo=UTC)
@@ -16,19 +16,6 @@ MINIMAL = {
     "contactInfo": {"email": "a@b.example"},
     "status": "ACTIVE",
 }
-SECTION_4_KEYS = [
-    "customerId",
-    "customerName",
-    "description",
-    "contactInfo",
-    "businessInfo",
-    "settings",
-    "location",
-    "status",
-    "limits",
-    "createdAt",
-    "updatedAt",
-]
 
 
 def represent(body, updated=CREATED):
