@@ -8,7 +8,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 from aiohttp import web
@@ -169,50 +169,59 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     await pool.close()
 
 
-async def _gauge_refresher(app: web.Application) -> AsyncIterator[None]:
-    """Reads the database-derived metrics in the background: scrapes cost no query."""
-    gauges = app[GAUGES] = metrics.DatabaseGauges()
-    interval = app[SETTINGS].metrics_refresh_seconds
+@contextlib.asynccontextmanager
+async def _repeating(
+    work: Callable[[], Awaitable[None]], every: float, *, first: float = 0.0
+) -> AsyncIterator[None]:
+    """Runs `work` after `first` seconds, then every `every` seconds, in a task of its
+    own while the context is open."""
 
-    async def refresh() -> None:
+    async def loop() -> None:
         this = asyncio.current_task()
         assert this is not None
         # Python 3.11's asyncio.wait_for (in gauges.refresh) loses a cancel that lands as
         # its query completes; the pending cancel request still ends the loop (a shutdown
         # hung on this, waiting for the task, under load).
+        await asyncio.sleep(first)
         while not this.cancelling():
-            await gauges.refresh(app[POOL], LANE_LOCK)
-            await asyncio.sleep(interval)
+            await work()
+            await asyncio.sleep(every)
 
-    task = asyncio.create_task(refresh())
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    task = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _gauge_refresher(app: web.Application) -> AsyncIterator[None]:
+    """Reads the database-derived metrics in the background: scrapes cost no query."""
+    gauges = app[GAUGES] = metrics.DatabaseGauges()
+    async with _repeating(
+        lambda: gauges.refresh(app[POOL], LANE_LOCK), app[SETTINGS].metrics_refresh_seconds
+    ):
+        yield
 
 
 async def _sweeper(app: web.Application) -> AsyncIterator[None]:
-    """Deletes expired nonces and stored answers, in small batches, every minute."""
+    """Deletes expired nonces and stored answers every minute, in small batches."""
 
     async def sweep() -> None:
-        while True:
-            await asyncio.sleep(60)
-            for table in (nonces.delete_expired_nonces, idempotency_keys.delete_expired):
-                try:
+        for table in (nonces.delete_expired_nonces, idempotency_keys.delete_expired):
+            try:
+                deleted = await table(app[POOL])
+                while deleted > 0:
+                    await asyncio.sleep(0)  # let requests in between batches
                     deleted = await table(app[POOL])
-                    while deleted > 0:
-                        await asyncio.sleep(0)  # let requests in between batches
-                        deleted = await table(app[POOL])
-                except Exception:  # the next sweep tries again; requests are unaffected
-                    log.warning("could not delete expired rows", exc_info=True)
+            except Exception:  # the next sweep tries again; requests are unaffected
+                log.warning("could not delete expired rows", exc_info=True)
 
     settings = app[SETTINGS]
     app[ANSWERS] = unit_of_work.Answers(settings.secret_key, settings.idempotency_ttl_seconds)
-    task = asyncio.create_task(sweep())
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with _repeating(sweep, 60, first=60):
+        yield
 
 
 async def _waker(app: web.Application) -> AsyncIterator[None]:
