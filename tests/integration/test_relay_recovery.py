@@ -29,7 +29,9 @@ class Broker:
 
     def __init__(self, error: type[Exception]) -> None:
         self.error = error
-        self.poisoned: set[int] = set()
+        # The producers themselves, not their id(): a closed producer's id can be reused by
+        # its successor once it is garbage-collected, which would poison that one too.
+        self.poisoned: list[object] = []
         self.poison_all = False
         self.sent = 0
         self.refused = 0
@@ -37,7 +39,7 @@ class Broker:
 
     async def send(self, producer, topic, key, value):
         self.sent += 1
-        if self.poison_all or id(producer) in self.poisoned:
+        if self.poison_all or any(producer is p for p in self.poisoned):
             self.refused += 1
             future = asyncio.get_running_loop().create_future()
             future.set_exception(self.error())
@@ -55,7 +57,7 @@ async def test_after_producer_state_errors_a_new_producer_sends_everything_in_or
     await fill_outbox(clean_db, total, 100)
     async with running(relay_config(topic_settings, batch_size=batch)) as outbox_relay:
         await wait_for(lambda: _sent_at_least(broker, 3000), 60, 0.01)
-        broker.poisoned.add(id(outbox_relay._producer))  # from now on it refuses everything
+        broker.poisoned.append(outbox_relay._producer)  # from now on it refuses everything
         await wait_for(lambda: _none_pending(clean_db), timeout=120)
     assert outbox_relay.stats.producers == 2, "one new producer, not one per attempt"
     received = await read_topic(
