@@ -497,11 +497,12 @@ async def backlog(pool: asyncpg.Pool, n: int, per_transaction: int = 100) -> Non
     """n pending rows of n customers, like bench/run.py's fill_outbox, but committed
     `per_transaction` at a time: logical decoding sends and Debezium resumes by
     transaction, so one 200,000-row transaction would be a backlog no service writes."""
-    from bench.run import DOC_EXAMPLE, Limits, customers, events
+    from bench.run import DOC_EXAMPLE, Limits
+    from service.domain import customer, events
 
-    now = customers.utc_now()
-    data = customers.mutable_fields(DOC_EXAMPLE, Limits().as_json())
-    rep = customers.representation("FST-12345678-TEMPLATE", "ACTIVE", data, now, now)
+    now = customer.utc_now()
+    data = customer.mutable_fields(DOC_EXAMPLE, Limits().as_json())
+    rep = customer.representation("FST-12345678-TEMPLATE", "ACTIVE", data, now, now)
     _, payload = events.envelope(events.REGISTERED, rep, now)
     for first in range(0, n, per_transaction):
         await pool.execute(
