@@ -30,7 +30,6 @@ from service.api.keys import (
     WAKER,
 )
 from service.api.pagination import CursorSigner
-from service.api.routes import API_PREFIX as API_PREFIX  # tests import it from here
 from service.api.routes import BY_HANDLER, SERVED
 from service.api.schemas import ListQuerySchema
 from service.auth import signing

@@ -43,12 +43,15 @@ def json_response(
     body: Any, *, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
     """A JSON answer, UTF-8 and compact (orjson: the hot path's serialiser)."""
+    return json_bytes_response(orjson.dumps(body), status=status, headers=headers)
+
+
+def json_bytes_response(
+    body: bytes, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A JSON answer already serialised (a write's answer, stored and replayed as is)."""
     return web.Response(
-        body=orjson.dumps(body),
-        status=status,
-        headers=headers,
-        content_type="application/json",
-        charset="utf-8",
+        body=body, status=status, headers=headers, content_type="application/json", charset="utf-8"
     )
 
 

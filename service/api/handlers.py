@@ -18,7 +18,13 @@ from marshmallow import ValidationError
 
 from service import metrics
 from service.api import idempotency, jsonbody, schemas
-from service.api.errors import ApiError, customer_not_found, json_response, validation_error
+from service.api.errors import (
+    ApiError,
+    customer_not_found,
+    json_bytes_response,
+    json_response,
+    validation_error,
+)
 from service.api.keys import (
     ANSWERS,
     BODY,
@@ -33,6 +39,7 @@ from service.api.keys import (
 from service.api.pagination import Position
 from service.auth import signing
 from service.db import customers
+from service.db.nonces import Replayed
 from service.domain import api_keys, customer
 from service.error_codes import ErrorCode
 from service.outbox.lanes import RELAYS_SQL
@@ -42,7 +49,6 @@ from service.usecases.unit_of_work import (
     Answer,
     KeyInUse,
     KeyReused,
-    Replayed,
     Request,
     UnitOfWork,
 )
@@ -100,13 +106,7 @@ def _http(answer: Answer) -> web.Response:
     headers = dict(answer.headers)
     if answer.replayed:
         headers[idempotency.REPLAYED_HEADER] = "true"
-    return web.Response(
-        body=answer.body,
-        status=answer.status,
-        headers=headers,
-        content_type="application/json",
-        charset="utf-8",
-    )
+    return json_bytes_response(answer.body, status=answer.status, headers=headers)
 
 
 def _json_answer(body: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> Answer:

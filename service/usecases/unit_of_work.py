@@ -43,8 +43,6 @@ from service.db.connect import Connection
 from service.db.customers import KeyedAnswers
 from service.db.nonces import Replayed
 
-__all__ = ["Answer", "Answers", "KeyInUse", "KeyReused", "Replayed", "UnitOfWork"]
-
 # The first answer is stored when it is one of these; others (400, 401, 413, 415, 5xx)
 # leave the key free for a corrected request.
 STORED_STATUSES = frozenset({200, 201, 404, 409, 412})

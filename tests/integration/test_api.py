@@ -58,7 +58,8 @@ from schemathesis.checks import (
 from schemathesis.core import NotSet
 
 from service import config
-from service.api.app import API_PREFIX, create_app
+from service.api.app import create_app
+from service.api.routes import API_PREFIX
 from service.auth import signing
 from service.auth.secretbox import SecretBox
 from service.db import connect, credentials, migrate
